@@ -1,0 +1,304 @@
+//! One config struct for everything a run depends on. Defaults reproduce the
+//! seed document's run (ALGORITHM.md sections 1-7); presets are small TOML
+//! files that override some fields; `--set key=value` overrides any field.
+//! Every result file records the full config it ran with.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How Phase 1 iteration 1 builds `prev` (ALGORITHM.md section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase1Init {
+    /// One true recurrent pass from a zero context (produced the seed's numbers).
+    Sequential,
+    /// `prev = randn(n, C) * 0.01` (committed an hour later).
+    Random,
+}
+
+/// How the Phase-2 training context cache is built (ALGORITHM.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainCache {
+    /// A true recurrent pass over the training tokens (produced the seed's numbers).
+    Sequential,
+    /// One batched pass over `[0, prev[0], ..., prev[n-3]]`.
+    Shifted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    // ---- model (section 2)
+    /// V: GPT-2 BPE vocabulary.
+    pub vocab_size: usize,
+    /// E: token embedding width.
+    pub embed_dim: usize,
+    /// C: context vector width.
+    pub context_dim: usize,
+    /// L: layers in the ContextBlock and in the TokenBlock.
+    pub num_layers: usize,
+    /// k: how many of the latest token vectors form the input (concatenated).
+    pub num_input_tokens: usize,
+    /// true = "old structure" (token into every context layer);
+    /// false = "arithmetic decrease" (the seed's run).
+    pub token_input_all_layers: bool,
+    /// Tie the output head's weight to the embedding table.
+    pub use_weight_tying: bool,
+    /// safetensors file with GPT-2's `wte.weight` [V, E]; empty = random N(0, 0.02).
+    pub pretrained_embeddings: String,
+    /// Seed for initialisation, noise and subsampling; each cell re-seeds with it.
+    pub seed: u64,
+
+    // ---- data (section 1)
+    /// Corpus path (parquet/JSONL/text); empty = the embedded chitchat corpus.
+    pub corpus: String,
+    /// Fraction of the stream's tail used for validation: int(len * val_fraction).
+    pub val_fraction: f64,
+    /// Sweep cells: how many samples (conversations) each cell uses.
+    pub sample_counts: Vec<usize>,
+
+    // ---- Phase 1 (section 3)
+    pub phase1_init: Phase1Init,
+    pub phase1_learning_rate: f64,
+    pub phase1_batch_size: usize,
+    pub phase1_min_iterations: usize,
+    pub phase1_max_iterations: usize,
+    pub phase1_convergence_threshold: f64,
+    pub phase1_min_converged_ratio: f64,
+    pub phase1_context_noise: f64,
+    pub phase1_gradient_clip: f64,
+    /// w in loss = (1 - w) * cvfp + w * div.
+    pub dist_reg_weight: f64,
+
+    // ---- context caches (section 4)
+    pub train_cache: TrainCache,
+
+    // ---- Phase 2 (section 5)
+    pub phase2_learning_rate: f64,
+    /// Rows per Phase-2 step; explicit (the original derived it from free memory).
+    pub phase2_batch_size: usize,
+    pub phase2_epochs: usize,
+    /// Epochs without improvement before stopping; 0 = off (fixed epochs).
+    pub phase2_patience: usize,
+    pub phase2_gradient_clip: f64,
+
+    // ---- metrics (section 6)
+    /// Rows sampled (seeded) for Effective Rank; 0 = all rows.
+    pub effective_rank_max_rows: usize,
+
+    // ---- runtime
+    /// Worker threads; 0 = all cores.
+    pub threads: usize,
+    /// "cpu" or "cuda".
+    pub device: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            vocab_size: 50257,
+            embed_dim: 768,
+            context_dim: 768,
+            num_layers: 6,
+            num_input_tokens: 1,
+            token_input_all_layers: false,
+            use_weight_tying: false,
+            pretrained_embeddings: String::new(),
+            seed: 42,
+            corpus: String::new(),
+            val_fraction: 0.1,
+            sample_counts: vec![50, 100, 200, 500],
+            phase1_init: Phase1Init::Sequential,
+            phase1_learning_rate: 0.002,
+            phase1_batch_size: 8000,
+            phase1_min_iterations: 5,
+            phase1_max_iterations: 40,
+            phase1_convergence_threshold: 0.03,
+            phase1_min_converged_ratio: 0.95,
+            phase1_context_noise: 0.1,
+            phase1_gradient_clip: 1.0,
+            dist_reg_weight: 0.8,
+            train_cache: TrainCache::Sequential,
+            phase2_learning_rate: 0.001,
+            phase2_batch_size: 512,
+            phase2_epochs: 10,
+            phase2_patience: 1,
+            phase2_gradient_clip: 1.0,
+            effective_rank_max_rows: 10000,
+            threads: 0,
+            device: "cpu".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a preset TOML file (fields not named keep their defaults).
+    pub fn from_toml_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Applies `key=value` overrides; the value is parsed as TOML
+    /// (`phase2_patience=3`, `phase1_init=random`, `sample_counts=[10,20]`).
+    pub fn apply_overrides(&mut self, sets: &[String]) -> Result<()> {
+        let mut table = toml::Table::try_from(&*self).context("serialising config")?;
+        for set in sets {
+            let (key, value) = set
+                .split_once('=')
+                .with_context(|| format!("--set {set:?}: expected key=value"))?;
+            let key = key.trim();
+            if !table.contains_key(key) {
+                bail!("--set {set:?}: unknown config field {key:?} (see src/config.rs for the list)");
+            }
+            let value = value.trim();
+            let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+                Ok(mut t) => t.remove("v").context("parsing value")?,
+                // Bare words (random, shifted, cpu) are strings.
+                Err(_) => toml::Value::String(value.to_string()),
+            };
+            table.insert(key.to_string(), parsed);
+        }
+        let cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("--set: {}", e.message()))?;
+        cfg.validate()?;
+        *self = cfg;
+        Ok(())
+    }
+
+    /// Rejects settings the algorithm cannot run with, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("embed_dim", self.embed_dim),
+            ("context_dim", self.context_dim),
+            ("num_layers", self.num_layers),
+            ("num_input_tokens", self.num_input_tokens),
+            ("phase1_batch_size", self.phase1_batch_size),
+            ("phase1_max_iterations", self.phase1_max_iterations),
+            ("phase2_batch_size", self.phase2_batch_size),
+            ("phase2_epochs", self.phase2_epochs),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("config field {name} must be at least 1");
+            }
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            bail!("config field val_fraction must be in (0, 1), got {}", self.val_fraction);
+        }
+        if !(0.0..=1.0).contains(&self.dist_reg_weight) {
+            bail!("config field dist_reg_weight must be in [0, 1], got {}", self.dist_reg_weight);
+        }
+        if self.use_weight_tying && self.embed_dim != self.token_dims().last().copied().unwrap_or(0) {
+            bail!("use_weight_tying needs the last token width to equal embed_dim");
+        }
+        if self.device != "cpu" && self.device != "cuda" {
+            bail!("config field device must be \"cpu\" or \"cuda\", got {:?}", self.device);
+        }
+        if self.sample_counts.is_empty() || self.sample_counts.contains(&0) {
+            bail!("config field sample_counts must be a non-empty list of positive counts");
+        }
+        Ok(())
+    }
+
+    /// Token input width kE.
+    pub fn token_input_dim(&self) -> usize {
+        self.num_input_tokens * self.embed_dim
+    }
+
+    /// Context widths d_0..d_L (ALGORITHM.md section 2). In false mode
+    /// d_i = (C + kE) - (kE * i) / L; d_0 is the width of layer 0's
+    /// concatenated input. In true mode every layer keeps C (d_0 = C).
+    pub fn context_dims(&self) -> Vec<usize> {
+        let (c, ke, l) = (self.context_dim, self.token_input_dim(), self.num_layers);
+        if self.token_input_all_layers {
+            vec![c; l + 1]
+        } else {
+            (0..=l).map(|i| (c + ke) - (ke * i) / l).collect()
+        }
+    }
+
+    /// Output width of each ContextBlock layer (c_1..c_L).
+    pub fn context_layer_output_dims(&self) -> Vec<usize> {
+        let d = self.context_dims();
+        if self.token_input_all_layers {
+            vec![self.context_dim; self.num_layers]
+        } else {
+            d[1..].to_vec()
+        }
+    }
+
+    /// Token widths t_0..t_L: kE down to E arithmetically.
+    pub fn token_dims(&self) -> Vec<usize> {
+        let (e, ke, l) = (self.embed_dim, self.token_input_dim(), self.num_layers);
+        (0..=l).map(|i| ke - ((ke - e) * i) / l).collect()
+    }
+
+    /// Loads `presets/NAME.toml` from the repo (or a path to a TOML file).
+    pub fn preset(name: &str) -> Result<Config> {
+        let as_path = Path::new(name);
+        if as_path.extension().is_some_and(|e| e == "toml") {
+            return Config::from_toml_file(as_path);
+        }
+        match PRESETS.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => {
+                let cfg: Config = toml::from_str(text)
+                    .with_context(|| format!("built-in preset {name} is invalid"))?;
+                cfg.validate()?;
+                Ok(cfg)
+            }
+            None => {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                bail!("unknown preset {name:?}: choose one of {names:?} or give a .toml file path")
+            }
+        }
+    }
+}
+
+/// Presets compiled in from `presets/*.toml`, so the binary works from anywhere.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("seed", include_str!("../presets/seed.toml")),
+    ("seed-true", include_str!("../presets/seed-true.toml")),
+    ("quick", include_str!("../presets/quick.toml")),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_dims_match_spec() {
+        let c = Config::default();
+        assert_eq!(c.context_dims(), vec![1536, 1408, 1280, 1152, 1024, 896, 768]);
+        assert_eq!(c.token_dims(), vec![768; 7]);
+    }
+
+    #[test]
+    fn overrides_parse_and_reject() {
+        let mut c = Config::default();
+        c.apply_overrides(&["phase2_patience=3".into(), "phase1_init=random".into(), "sample_counts=[10, 20]".into()]).unwrap();
+        assert_eq!(c.phase2_patience, 3);
+        assert_eq!(c.phase1_init, Phase1Init::Random);
+        assert_eq!(c.sample_counts, vec![10, 20]);
+        let err = c.apply_overrides(&["no_such_field=1".into()]).unwrap_err();
+        assert!(err.to_string().contains("unknown config field \"no_such_field\""), "{err}");
+        let err = c.apply_overrides(&["phase2_batch_size=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("phase2_batch_size"), "{err}");
+    }
+
+    #[test]
+    fn presets_load() {
+        for (name, _) in PRESETS {
+            Config::preset(name).unwrap();
+        }
+        assert_eq!(Config::preset("seed").unwrap(), Config { phase2_batch_size: Config::preset("seed").unwrap().phase2_batch_size, ..Config::default() });
+    }
+}

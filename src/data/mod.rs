@@ -1,0 +1,1 @@
+//! Corpora, tokenizer, token stream and train/validation split (ALGORITHM.md section 1).
