@@ -155,7 +155,9 @@ impl Config {
                 .with_context(|| format!("--set {set:?}: expected key=value"))?;
             let key = key.trim();
             if !table.contains_key(key) {
-                bail!("--set {set:?}: unknown config field {key:?} (see src/config.rs for the list)");
+                bail!(
+                    "--set {set:?}: unknown config field {key:?} (see src/config.rs for the list)"
+                );
             }
             let value = value.trim();
             let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
@@ -192,16 +194,26 @@ impl Config {
             }
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            bail!("config field val_fraction must be in (0, 1), got {}", self.val_fraction);
+            bail!(
+                "config field val_fraction must be in (0, 1), got {}",
+                self.val_fraction
+            );
         }
         if !(0.0..=1.0).contains(&self.dist_reg_weight) {
-            bail!("config field dist_reg_weight must be in [0, 1], got {}", self.dist_reg_weight);
+            bail!(
+                "config field dist_reg_weight must be in [0, 1], got {}",
+                self.dist_reg_weight
+            );
         }
-        if self.use_weight_tying && self.embed_dim != self.token_dims().last().copied().unwrap_or(0) {
+        if self.use_weight_tying && self.embed_dim != self.token_dims().last().copied().unwrap_or(0)
+        {
             bail!("use_weight_tying needs the last token width to equal embed_dim");
         }
         if self.device != "cpu" && self.device != "cuda" {
-            bail!("config field device must be \"cpu\" or \"cuda\", got {:?}", self.device);
+            bail!(
+                "config field device must be \"cpu\" or \"cuda\", got {:?}",
+                self.device
+            );
         }
         if self.sample_counts.is_empty() || self.sample_counts.contains(&0) {
             bail!("config field sample_counts must be a non-empty list of positive counts");
@@ -277,20 +289,34 @@ mod tests {
     #[test]
     fn seed_dims_match_spec() {
         let c = Config::default();
-        assert_eq!(c.context_dims(), vec![1536, 1408, 1280, 1152, 1024, 896, 768]);
+        assert_eq!(
+            c.context_dims(),
+            vec![1536, 1408, 1280, 1152, 1024, 896, 768]
+        );
         assert_eq!(c.token_dims(), vec![768; 7]);
     }
 
     #[test]
     fn overrides_parse_and_reject() {
         let mut c = Config::default();
-        c.apply_overrides(&["phase2_patience=3".into(), "phase1_init=random".into(), "sample_counts=[10, 20]".into()]).unwrap();
+        c.apply_overrides(&[
+            "phase2_patience=3".into(),
+            "phase1_init=random".into(),
+            "sample_counts=[10, 20]".into(),
+        ])
+        .unwrap();
         assert_eq!(c.phase2_patience, 3);
         assert_eq!(c.phase1_init, Phase1Init::Random);
         assert_eq!(c.sample_counts, vec![10, 20]);
         let err = c.apply_overrides(&["no_such_field=1".into()]).unwrap_err();
-        assert!(err.to_string().contains("unknown config field \"no_such_field\""), "{err}");
-        let err = c.apply_overrides(&["phase2_batch_size=0".into()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown config field \"no_such_field\""),
+            "{err}"
+        );
+        let err = c
+            .apply_overrides(&["phase2_batch_size=0".into()])
+            .unwrap_err();
         assert!(err.to_string().contains("phase2_batch_size"), "{err}");
     }
 
@@ -299,6 +325,12 @@ mod tests {
         for (name, _) in PRESETS {
             Config::preset(name).unwrap();
         }
-        assert_eq!(Config::preset("seed").unwrap(), Config { phase2_batch_size: Config::preset("seed").unwrap().phase2_batch_size, ..Config::default() });
+        assert_eq!(
+            Config::preset("seed").unwrap(),
+            Config {
+                phase2_batch_size: Config::preset("seed").unwrap().phase2_batch_size,
+                ..Config::default()
+            }
+        );
     }
 }

@@ -2,6 +2,13 @@
 //! and its scaling experiments. See ../shared/spec/ALGORITHM.md for the
 //! algorithm; module names follow its sections.
 
+pub mod cache;
 pub mod config;
 pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod phase1;
+pub mod phase2;
 pub mod results;
+pub mod rng;

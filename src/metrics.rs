@@ -1,0 +1,73 @@
+//! Metrics (ALGORITHM.md section 6): Effective Rank from singular values,
+//! perplexity. Accuracy and convergence rate are counted where they arise
+//! (ops::cross_entropy, ops::phase1_losses).
+
+use crate::rng::Rng;
+use anyhow::{anyhow, Result};
+
+/// Effective Rank of the rows x cols matrix `x` (no centring):
+/// p = s / sum(s), ER = exp(-sum p ln(p + 1e-10)). When `max_rows` > 0 and
+/// the matrix has more rows, a seeded random subset of `max_rows` rows is used.
+/// Returns (ER, singular values in descending order, rows used).
+pub fn effective_rank(
+    x: &[f32],
+    cols: usize,
+    max_rows: usize,
+    seed: u64,
+) -> Result<(f64, Vec<f64>, usize)> {
+    let rows = x.len() / cols;
+    let chosen: Vec<usize> = if max_rows > 0 && rows > max_rows {
+        Rng::new(seed ^ 0xE1F0).sample_indices(rows, max_rows)
+    } else {
+        (0..rows).collect()
+    };
+    let m = faer::Mat::<f64>::from_fn(chosen.len(), cols, |i, j| x[chosen[i] * cols + j] as f64);
+    let mut s = m
+        .singular_values()
+        .map_err(|e| anyhow!("SVD for Effective Rank failed: {e:?}"))?;
+    s.sort_by(|a, b| b.total_cmp(a));
+    Ok((effective_rank_of(&s), s, chosen.len()))
+}
+
+/// ER from singular values.
+pub fn effective_rank_of(s: &[f64]) -> f64 {
+    let total: f64 = s.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let h: f64 = s
+        .iter()
+        .map(|v| v / total)
+        .map(|p| -p * (p + 1e-10).ln())
+        .sum();
+    h.exp()
+}
+
+pub fn perplexity(mean_loss: f64) -> f64 {
+    mean_loss.exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_rank_known_values() {
+        // identity-like: 4 equal singular values -> ER 4
+        let mut x = vec![0.0f32; 4 * 4];
+        for i in 0..4 {
+            x[i * 4 + i] = 2.0;
+        }
+        let (er, s, rows) = effective_rank(&x, 4, 0, 1).unwrap();
+        assert!((er - 4.0).abs() < 1e-6, "{er}");
+        assert_eq!(rows, 4);
+        assert!(s.iter().all(|v| (v - 2.0).abs() < 1e-9));
+        // rank one -> ER 1
+        let y: Vec<f32> = (0..12).map(|i| (i / 3 + 1) as f32).collect();
+        let (er1, _, _) = effective_rank(&y, 3, 0, 1).unwrap();
+        assert!((er1 - 1.0).abs() < 1e-6, "{er1}");
+        // subsampling keeps max_rows rows
+        let z: Vec<f32> = (0..300).map(|i| ((i * 37) % 11) as f32).collect();
+        assert_eq!(effective_rank(&z, 3, 50, 7).unwrap().2, 50);
+    }
+}

@@ -1,0 +1,639 @@
+//! The numeric primitives every layer is built from: GEMM (through the `gemm`
+//! crate, AVX-512 dispatched at run time), LayerNorm, ReLU, softmax
+//! cross-entropy, the Phase-1 losses, Adam and global-norm clipping. All
+//! matrices are row-major f32; a "leading dimension" (ld) is the row stride,
+//! so a column block of a wider matrix is addressed without copying.
+//! Each backward here has a finite-difference test at the bottom.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// LayerNorm epsilon (PyTorch default, as in the original).
+pub const LN_EPS: f32 = 1e-5;
+
+static THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Sets the thread count used by GEMM and the row-parallel loops, and sizes
+/// rayon's global pool (first call wins for the pool). 0 = all cores.
+pub fn set_threads(n: usize) -> usize {
+    let n = if n == 0 {
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    } else {
+        n
+    };
+    // The pool can only be built once per process; later calls keep it.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    THREADS.store(n, Ordering::Relaxed);
+    n
+}
+
+pub fn threads() -> usize {
+    THREADS.load(Ordering::Relaxed)
+}
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let t = threads();
+    // Below ~1 MFLOP the fork/join costs more than it saves.
+    if t > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// A row-major matrix operand: `rows x cols` starting at `data[0]`, row stride `ld`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            ld: cols,
+        }
+    }
+    /// Columns `start..start + cols` of a row-major matrix with row stride `ld`.
+    pub fn cols_of(data: &'a [f32], rows: usize, ld: usize, start: usize, cols: usize) -> Self {
+        Mat {
+            data: &data[start..],
+            rows,
+            cols,
+            ld,
+        }
+    }
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            assert!(self.cols <= self.ld);
+            assert!(
+                self.data.len() >= (self.rows - 1) * self.ld + self.cols,
+                "matrix view out of bounds"
+            );
+        }
+    }
+}
+
+/// Which operands are transposed: `C = op(A) op(B)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Trans {
+    /// C[m,n] = A[m,k] B[k,n]
+    NN,
+    /// C[m,n] = A[m,k] B[n,k]^T (a Linear forward: y = x W^T)
+    NT,
+    /// C[m,n] = A[k,m]^T B[k,n] (a weight gradient: dW = dY^T X)
+    TN,
+}
+
+/// `C = op(A) op(B)` (or `C += ...` when `accumulate`), C is `m x n` with row stride `ldc`.
+pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: bool) {
+    a.check();
+    b.check();
+    let (m, k, n) = match t {
+        Trans::NN => (a.rows, a.cols, b.cols),
+        Trans::NT => (a.rows, a.cols, b.rows),
+        Trans::TN => (a.cols, a.rows, b.cols),
+    };
+    match t {
+        Trans::NN => assert_eq!(b.rows, k),
+        Trans::NT => assert_eq!(b.cols, k),
+        Trans::TN => assert_eq!(b.rows, k),
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        n <= ldc && c.len() >= (m - 1) * ldc + n,
+        "matmul output out of bounds"
+    );
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // (col stride, row stride) of each operand as the gemm crate wants them.
+    let (a_cs, a_rs) = match t {
+        Trans::NN | Trans::NT => (1, a.ld as isize),
+        Trans::TN => (a.ld as isize, 1),
+    };
+    let (b_cs, b_rs) = match t {
+        Trans::NN | Trans::TN => (1, b.ld as isize),
+        Trans::NT => (b.ld as isize, 1),
+    };
+    // SAFETY: every operand's extent was bounds-checked above against its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
+    }
+}
+
+/// Adds `bias` to every row of `y` (rows x n).
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `db += sum over rows of dy`.
+pub fn bias_grad(db: &mut [f32], dy: &[f32]) {
+    for row in dy.chunks_exact(db.len()) {
+        for (g, d) in db.iter_mut().zip(row) {
+            *g += d;
+        }
+    }
+}
+
+/// LayerNorm over each row of `y` (rows x n), in place: on entry `y` holds
+/// the pre-norm sum z; on exit `y = xhat * g + b`. Also writes `xhat` and
+/// `rstd` = 1 / sqrt(var + eps) (biased variance) for the backward.
+pub fn layernorm_forward(y: &mut [f32], g: &[f32], b: &[f32], xhat: &mut [f32], rstd: &mut [f32]) {
+    let n = g.len();
+    for (r, (yr, xr)) in y
+        .chunks_exact_mut(n)
+        .zip(xhat.chunks_exact_mut(n))
+        .enumerate()
+    {
+        // Row statistics in f64: cheap next to the GEMMs, and it keeps the
+        // recurrent passes from accumulating rounding drift.
+        let mean = yr.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = yr
+            .iter()
+            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+            .sum::<f64>()
+            / n as f64;
+        let s = (1.0 / (var + LN_EPS as f64).sqrt()) as f32;
+        let mean = mean as f32;
+        rstd[r] = s;
+        for i in 0..n {
+            let h = (yr[i] - mean) * s;
+            xr[i] = h;
+            yr[i] = h * g[i] + b[i];
+        }
+    }
+}
+
+/// Backward of `layernorm_forward`: `dz = d LN / dz · dy`, and accumulates
+/// `dg += sum dy * xhat`, `db += sum dy`.
+pub fn layernorm_backward(
+    dy: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    g: &[f32],
+    dz: &mut [f32],
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let n = g.len();
+    for (r, ((dyr, xr), dzr)) in dy
+        .chunks_exact(n)
+        .zip(xhat.chunks_exact(n))
+        .zip(dz.chunks_exact_mut(n))
+        .enumerate()
+    {
+        let mut mean_d = 0.0f32;
+        let mut mean_dx = 0.0f32;
+        for i in 0..n {
+            let d = dyr[i] * g[i];
+            mean_d += d;
+            mean_dx += d * xr[i];
+            dg[i] += dyr[i] * xr[i];
+            db[i] += dyr[i];
+        }
+        mean_d /= n as f32;
+        mean_dx /= n as f32;
+        let s = rstd[r];
+        for i in 0..n {
+            dzr[i] = s * (dyr[i] * g[i] - mean_d - xr[i] * mean_dx);
+        }
+    }
+}
+
+/// Mean softmax cross-entropy of `logits` (rows x V) against `targets`.
+/// Overwrites `logits` with d(mean loss)/d(logits) when `grad` is set.
+/// Returns (sum of per-row losses, number of rows whose argmax == target;
+/// ties go to the lowest index, as torch.argmax).
+pub fn cross_entropy(logits: &mut [f32], targets: &[u32], grad: bool) -> (f64, usize) {
+    let v = logits.len() / targets.len().max(1);
+    let inv_rows = 1.0 / targets.len() as f32;
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for (row, &t) in logits.chunks_exact_mut(v).zip(targets) {
+        let t = t as usize;
+        let (mut best, mut max) = (0, f32::NEG_INFINITY);
+        for (i, &x) in row.iter().enumerate() {
+            if x > max {
+                max = x;
+                best = i;
+            }
+        }
+        if best == t {
+            correct += 1;
+        }
+        let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+        loss += sum.ln() - (row[t] - max) as f64;
+        if grad {
+            let inv = 1.0 / sum;
+            for x in row.iter_mut() {
+                *x = (((*x - max) as f64).exp() * inv) as f32 * inv_rows;
+            }
+            row[t] -= inv_rows;
+        }
+    }
+    (loss, correct)
+}
+
+/// Phase-1 losses of one batch (ALGORITHM.md section 3) and their gradient.
+/// `out`, `prev`: rows x n. Returns (cvfp, div, converged rows) where
+/// cvfp = mean((out - prev)^2), div = -||out - mean_rows(out)||_F / rows.
+/// Writes `dout = scale * ((1 - w) dcvfp + w ddiv)` when `dout` is given.
+pub fn phase1_losses(
+    out: &[f32],
+    prev: &[f32],
+    n: usize,
+    w: f64,
+    threshold: f64,
+    scale: f64,
+    dout: Option<&mut [f32]>,
+) -> (f64, f64, usize) {
+    let rows = out.len() / n;
+    let mut col_mean = vec![0.0f64; n];
+    let mut sq = 0.0f64;
+    let mut converged = 0;
+    for (o, p) in out.chunks_exact(n).zip(prev.chunks_exact(n)) {
+        let mut row_sq = 0.0f64;
+        for i in 0..n {
+            let d = (o[i] - p[i]) as f64;
+            row_sq += d * d;
+            col_mean[i] += o[i] as f64;
+        }
+        if row_sq / (n as f64) < threshold {
+            converged += 1;
+        }
+        sq += row_sq;
+    }
+    for m in &mut col_mean {
+        *m /= rows as f64;
+    }
+    let mut frob = 0.0f64;
+    for o in out.chunks_exact(n) {
+        for i in 0..n {
+            let d = o[i] as f64 - col_mean[i];
+            frob += d * d;
+        }
+    }
+    let frob = frob.sqrt();
+    let cvfp = sq / (rows * n) as f64;
+    let div = -frob / rows as f64;
+    if let Some(dout) = dout {
+        // d cvfp/d out = 2 (out - prev) / (rows n); d div/d out = -(out - mean) / (||.|| rows)
+        // (the mean's own dependence cancels because centred columns sum to zero).
+        let a = (scale * (1.0 - w) * 2.0 / (rows * n) as f64) as f32;
+        let b = if frob > 0.0 {
+            (scale * w / (frob * rows as f64)) as f32
+        } else {
+            0.0
+        };
+        let mean32: Vec<f32> = col_mean.iter().map(|&m| m as f32).collect();
+        for ((d, o), p) in dout
+            .chunks_exact_mut(n)
+            .zip(out.chunks_exact(n))
+            .zip(prev.chunks_exact(n))
+        {
+            for i in 0..n {
+                d[i] = a * (o[i] - p[i]) - b * (o[i] - mean32[i]);
+            }
+        }
+    }
+    (cvfp, div, converged)
+}
+
+/// Global L2 norm of the gradient; scales it by min(1, clip / (norm + 1e-6)).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grad: &mut [f32], clip: f64) -> f64 {
+    let norm = grad
+        .iter()
+        .map(|&g| (g as f64) * (g as f64))
+        .sum::<f64>()
+        .sqrt();
+    let coef = clip / (norm + 1e-6);
+    if coef < 1.0 {
+        let c = coef as f32;
+        grad.iter_mut().for_each(|g| *g *= c);
+    }
+    norm
+}
+
+/// Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
+/// Every parameter is stepped every step, also where its gradient is zero.
+pub struct Adam {
+    pub lr: f64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub t: u32,
+}
+
+impl Adam {
+    pub fn new(len: usize, lr: f64) -> Self {
+        Adam {
+            lr,
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+        }
+    }
+
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+        const B1: f64 = 0.9;
+        const B2: f64 = 0.999;
+        self.t += 1;
+        let step = (self.lr / (1.0 - B1.powi(self.t as i32))) as f32;
+        let bc2 = (1.0 - B2.powi(self.t as i32)).sqrt() as f32;
+        let chunk = 1 << 16;
+        use rayon::prelude::*;
+        params
+            .par_chunks_mut(chunk)
+            .zip(grad.par_chunks(chunk))
+            .zip(
+                self.m
+                    .par_chunks_mut(chunk)
+                    .zip(self.v.par_chunks_mut(chunk)),
+            )
+            .for_each(|((p, g), (m, v))| {
+                for i in 0..p.len() {
+                    m[i] = 0.9 * m[i] + 0.1 * g[i];
+                    v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+                    p[i] -= step * m[i] / (v[i].sqrt() / bc2 + 1e-8);
+                }
+            });
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random fill in [-1, 1) for tests.
+    pub fn fill(v: &mut [f32], seed: u64) {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        for x in v.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *x = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+        }
+    }
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
+        let mut t = vec![0.0; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                t[j * r + i] = a[i * c + j];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn matmul_all_transposes_and_column_blocks() {
+        let (m, k, n) = (37, 53, 29);
+        let mut a = vec![0.0; m * k];
+        let mut b = vec![0.0; k * n];
+        fill(&mut a, 1);
+        fill(&mut b, 2);
+        let want = naive(&a, &b, m, k, n);
+        let close = |c: &[f32]| c.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4);
+        let mut c = vec![0.0; m * n];
+        matmul(
+            &mut c,
+            n,
+            Mat::new(&a, m, k),
+            Mat::new(&b, k, n),
+            Trans::NN,
+            false,
+        );
+        assert!(close(&c));
+        let bt = transpose(&b, k, n);
+        matmul(
+            &mut c,
+            n,
+            Mat::new(&a, m, k),
+            Mat::new(&bt, n, k),
+            Trans::NT,
+            false,
+        );
+        assert!(close(&c));
+        let at = transpose(&a, m, k);
+        matmul(
+            &mut c,
+            n,
+            Mat::new(&at, k, m),
+            Mat::new(&b, k, n),
+            Trans::TN,
+            false,
+        );
+        assert!(close(&c));
+        // accumulate doubles it
+        matmul(
+            &mut c,
+            n,
+            Mat::new(&at, k, m),
+            Mat::new(&b, k, n),
+            Trans::TN,
+            true,
+        );
+        assert!(c.iter().zip(&want).all(|(x, y)| (x - 2.0 * y).abs() < 2e-4));
+        // A as a column block [.., k] of a wider [m, k + 7] matrix
+        let mut wide = vec![0.0; m * (k + 7)];
+        for i in 0..m {
+            wide[i * (k + 7) + 7..i * (k + 7) + 7 + k].copy_from_slice(&a[i * k..(i + 1) * k]);
+        }
+        matmul(
+            &mut c,
+            n,
+            Mat::cols_of(&wide, m, k + 7, 7, k),
+            Mat::new(&b, k, n),
+            Trans::NN,
+            false,
+        );
+        assert!(close(&c));
+    }
+
+    /// Central difference of a scalar function of `x` at every coordinate;
+    /// None where the one-sided slopes disagree (a ReLU kink within the step),
+    /// since the derivative is not defined there.
+    pub fn numeric_grad(x: &mut [f32], mut f: impl FnMut(&[f32]) -> f64) -> Vec<Option<f64>> {
+        let h = 2e-3f32;
+        let f0 = f(x);
+        (0..x.len())
+            .map(|i| {
+                let old = x[i];
+                x[i] = old + h;
+                let fp = f(x);
+                x[i] = old - h;
+                let fm = f(x);
+                x[i] = old;
+                let (right, left) = ((fp - f0) / h as f64, (f0 - fm) / h as f64);
+                let smooth = (right - left).abs() <= 0.05 * right.abs().max(left.abs()).max(0.1);
+                smooth.then_some((fp - fm) / (2.0 * h as f64))
+            })
+            .collect()
+    }
+
+    pub fn assert_grad_close(analytic: &[f32], numeric: &[Option<f64>], tol: f64, what: &str) {
+        let scale = numeric
+            .iter()
+            .flatten()
+            .fold(1e-3f64, |m, x| m.max(x.abs()));
+        let kinks = numeric.iter().filter(|n| n.is_none()).count();
+        assert!(
+            kinks * 10 <= numeric.len(),
+            "{what}: {kinks} of {} coordinates at kinks",
+            numeric.len()
+        );
+        for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
+            if let Some(n) = n {
+                assert!(
+                    ((*a as f64) - n).abs() / scale < tol,
+                    "{what}[{i}]: analytic {a} numeric {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn layernorm_backward_matches_finite_differences() {
+        let (rows, n) = (3, 7);
+        let mut z = vec![0.0; rows * n];
+        let mut g = vec![0.0; n];
+        let mut b = vec![0.0; n];
+        let mut w = vec![0.0; rows * n]; // loss = sum(w * y)
+        fill(&mut z, 3);
+        fill(&mut g, 4);
+        fill(&mut b, 5);
+        fill(&mut w, 6);
+        let loss = |z: &[f32], g: &[f32], b: &[f32]| {
+            let (mut xh, mut rs, mut y) = (vec![0.0; rows * n], vec![0.0; rows], z.to_vec());
+            layernorm_forward(&mut y, g, b, &mut xh, &mut rs);
+            y.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>()
+        };
+        let (mut xh, mut rs, mut y) = (vec![0.0; rows * n], vec![0.0; rows], z.clone());
+        layernorm_forward(&mut y, &g, &b, &mut xh, &mut rs);
+        let (mut dz, mut dg, mut db) = (vec![0.0; rows * n], vec![0.0; n], vec![0.0; n]);
+        layernorm_backward(&w, &xh, &rs, &g, &mut dz, &mut dg, &mut db);
+        let (g2, b2) = (g.clone(), b.clone());
+        assert_grad_close(
+            &dz,
+            &numeric_grad(&mut z.clone(), |z| loss(z, &g2, &b2)),
+            1e-2,
+            "dz",
+        );
+        let z2 = z.clone();
+        assert_grad_close(
+            &dg,
+            &numeric_grad(&mut g.clone(), |g| loss(&z2, g, &b2)),
+            1e-2,
+            "dg",
+        );
+        assert_grad_close(
+            &db,
+            &numeric_grad(&mut b.clone(), |b| loss(&z2, &g2, b)),
+            1e-2,
+            "db",
+        );
+    }
+
+    #[test]
+    fn cross_entropy_gradient_and_accuracy() {
+        let (rows, v) = (4, 9);
+        let mut logits = vec![0.0; rows * v];
+        fill(&mut logits, 7);
+        let targets = [3u32, 0, 8, 5];
+        let mut g = logits.clone();
+        let (loss, _) = cross_entropy(&mut g, &targets, true);
+        let num = numeric_grad(&mut logits.clone(), |l| {
+            let mut l = l.to_vec();
+            cross_entropy(&mut l, &targets, false).0 / rows as f64
+        });
+        assert_grad_close(&g, &num, 1e-3, "dlogits");
+        // all-zero logits: loss ln V per row, argmax ties -> index 0
+        let mut z = vec![0.0; rows * v];
+        let (l0, correct) = cross_entropy(&mut z, &targets, false);
+        assert!((l0 - rows as f64 * (v as f64).ln()).abs() < 1e-9);
+        assert_eq!(correct, 1);
+        assert!(loss > 0.0);
+    }
+
+    #[test]
+    fn phase1_losses_gradient_matches_finite_differences() {
+        let (rows, n) = (5, 6);
+        let mut out = vec![0.0; rows * n];
+        let mut prev = vec![0.0; rows * n];
+        fill(&mut out, 8);
+        fill(&mut prev, 9);
+        let (w, scale) = (0.8, 0.5);
+        let mut d = vec![0.0; rows * n];
+        phase1_losses(&out, &prev, n, w, 0.03, scale, Some(&mut d));
+        let num = numeric_grad(&mut out.clone(), |o| {
+            let (c, dv, _) = phase1_losses(o, &prev, n, w, 0.03, scale, None);
+            scale * ((1.0 - w) * c + w * dv)
+        });
+        assert_grad_close(&d, &num, 1e-2, "dout");
+    }
+
+    #[test]
+    fn clip_and_adam_follow_torch_formulas() {
+        let mut g = vec![3.0f32, 4.0];
+        let norm = clip_grad_norm(&mut g, 1.0);
+        assert!((norm - 5.0).abs() < 1e-12);
+        assert!((g[0] - 0.6 / (1.0 + 1e-6 / 5.0) as f32).abs() < 1e-6);
+        let mut p = vec![1.0f32, -1.0];
+        let mut adam = Adam::new(2, 0.001);
+        adam.step(&mut p, &[0.5, 0.0]);
+        // First step moves by lr * sign(g); zero gradient does not move.
+        assert!((p[0] - (1.0 - 0.001)).abs() < 1e-6, "{}", p[0]);
+        assert_eq!(p[1], -1.0);
+        assert_eq!(adam.t, 1);
+    }
+}

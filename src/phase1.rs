@@ -1,0 +1,196 @@
+//! Phase 1: fixed-point context learning (ALGORITHM.md section 3). Trains
+//! the ContextBlock only; one iteration = one Adam step over the whole
+//! training stream, gradients accumulated over `phase1_batch_size` batches.
+
+use crate::cache::sequential_pass;
+use crate::config::Phase1Init;
+use crate::model::{BlockActs, Model};
+use crate::ops::{self, Adam};
+use crate::results::Phase1Iteration;
+use crate::rng::Rng;
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+/// Losses and convergence of one iteration, before its Adam step.
+#[derive(Clone, Debug, Default)]
+pub struct IterationStats {
+    pub total_loss: f64,
+    pub cvfp_loss: f64,
+    pub diversity_loss: f64,
+    pub converged_tokens: usize,
+}
+
+/// Buffers for one Phase-1 run, planned up front (nothing allocates per iteration).
+pub struct Phase1 {
+    pub prev: Vec<f32>,
+    pub out: Vec<f32>,
+    pub grad: Vec<f32>,
+    pub adam: Adam,
+    acts: BlockActs,
+    ctx_in: Vec<f32>,
+    x: Vec<f32>,
+    dout: Vec<f32>,
+    noise: Rng,
+}
+
+impl Phase1 {
+    /// Iteration 1: builds `prev` per `phase1_init` (or takes it as given).
+    pub fn new(model: &Model, ids: &[u32], given_prev: Option<Vec<f32>>) -> Phase1 {
+        let cfg = &model.cfg;
+        let (n, c) = (ids.len(), cfg.context_dim);
+        let prev = given_prev.unwrap_or_else(|| match cfg.phase1_init {
+            Phase1Init::Sequential => sequential_pass(model, ids, n),
+            Phase1Init::Random => {
+                let mut p = vec![0.0; n * c];
+                Rng::new(cfg.seed ^ 0x5EED_0001).fill_normal(&mut p, 0.01);
+                p
+            }
+        });
+        let cap = cfg.phase1_batch_size.min(n);
+        Phase1 {
+            prev,
+            out: vec![0.0; n * c],
+            grad: vec![0.0; model.context.params.data.len()],
+            adam: Adam::new(model.context.params.data.len(), cfg.phase1_learning_rate),
+            acts: BlockActs::new(&model.context, cap),
+            ctx_in: vec![0.0; cap * c],
+            x: vec![0.0; cap * cfg.token_input_dim()],
+            dout: vec![0.0; cap * c],
+            noise: Rng::new(cfg.seed ^ 0x5EED_0002),
+        }
+    }
+
+    /// Bytes this phase holds for a stream of `n` tokens (for the memory estimate).
+    pub fn bytes(model: &Model, n: usize) -> u64 {
+        let cfg = &model.cfg;
+        let cap = cfg.phase1_batch_size.min(n);
+        let p = model.context.params.data.len();
+        (4 * (2 * n * cfg.context_dim
+            + 3 * p
+            + cap * (2 * cfg.context_dim + cfg.token_input_dim()))) as u64
+            + BlockActs::bytes(&model.context, cap)
+    }
+
+    /// Forward + backward over the whole stream with the current weights:
+    /// fills `out` and the accumulated gradient `grad`, no optimizer step.
+    pub fn accumulate(&mut self, model: &Model, ids: &[u32]) -> IterationStats {
+        let cfg = &model.cfg;
+        let (n, c) = (ids.len(), cfg.context_dim);
+        let cap = self.acts.cap;
+        let num_batches = n.div_ceil(cap);
+        let w = cfg.dist_reg_weight;
+        self.grad.fill(0.0);
+        let mut st = IterationStats::default();
+        for bi in 0..num_batches {
+            let s = bi * cap;
+            let rows = cap.min(n - s);
+            // input context of row j = prev[j - 1], wrapping to prev[n - 1] for j = 0
+            for r in 0..rows {
+                let j = (s + r + n - 1) % n;
+                self.ctx_in[r * c..(r + 1) * c].copy_from_slice(&self.prev[j * c..(j + 1) * c]);
+            }
+            if cfg.phase1_context_noise > 0.0 {
+                for v in &mut self.ctx_in[..rows * c] {
+                    *v += (self.noise.normal() * cfg.phase1_context_noise) as f32;
+                }
+            }
+            model.token_input(ids, s, rows, &mut self.x);
+            model.context_forward(&self.ctx_in, &self.x, rows, &mut self.acts);
+            let out = &self.acts.last()[..rows * c];
+            let prev = &self.prev[s * c..(s + rows) * c];
+            let (cvfp, div, conv) = ops::phase1_losses(
+                out,
+                prev,
+                c,
+                w,
+                cfg.phase1_convergence_threshold,
+                1.0 / num_batches as f64,
+                Some(&mut self.dout[..rows * c]),
+            );
+            self.out[s * c..(s + rows) * c].copy_from_slice(out);
+            let frac = rows as f64 / n as f64;
+            st.cvfp_loss += cvfp * frac;
+            st.diversity_loss += div * frac;
+            st.total_loss += ((1.0 - w) * cvfp + w * div) * frac;
+            st.converged_tokens += conv;
+            model.context_backward(
+                &self.ctx_in,
+                &self.x,
+                rows,
+                &mut self.acts,
+                &mut self.dout,
+                &mut self.grad,
+            );
+        }
+        st
+    }
+}
+
+/// What Phase 1 leaves behind.
+pub struct Phase1Outcome {
+    /// Final contexts (n x C): the train contexts for Effective Rank.
+    pub prev: Vec<f32>,
+    pub log: Vec<Phase1Iteration>,
+    pub converged: bool,
+}
+
+/// Runs Phase 1 on the training ids; `on_iteration` sees each log entry as
+/// it is made (for the on-disk log and progress output). `given_prev`
+/// replaces iteration 1's matrix (tests feed the original's random draw).
+pub fn run(
+    model: &mut Model,
+    ids: &[u32],
+    given_prev: Option<Vec<f32>>,
+    on_iteration: &mut dyn FnMut(&Phase1Iteration),
+) -> Result<Phase1Outcome> {
+    let cfg = model.cfg.clone();
+    let n = ids.len();
+    let t0 = Instant::now();
+    let mut p1 = Phase1::new(model, ids, given_prev);
+    let first = Phase1Iteration {
+        iteration: 1,
+        seconds: t0.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    on_iteration(&first);
+    let mut log = vec![first];
+    let mut converged = false;
+    for t in 2..=cfg.phase1_max_iterations {
+        let t0 = Instant::now();
+        let st = p1.accumulate(model, ids);
+        let norm = ops::clip_grad_norm(&mut p1.grad, cfg.phase1_gradient_clip);
+        if !st.total_loss.is_finite() || !norm.is_finite() {
+            bail!(
+                "Phase 1 diverged at iteration {t}: loss {} (cvfp {}, div {}), gradient norm {norm}; \
+                 try a lower phase1_learning_rate or dist_reg_weight",
+                st.total_loss,
+                st.cvfp_loss,
+                st.diversity_loss
+            );
+        }
+        p1.adam.step(&mut model.context.params.data, &p1.grad);
+        std::mem::swap(&mut p1.prev, &mut p1.out);
+        let rate = st.converged_tokens as f64 / n as f64;
+        let entry = Phase1Iteration {
+            iteration: t,
+            total_loss: st.total_loss,
+            cvfp_loss: st.cvfp_loss,
+            diversity_loss: st.diversity_loss,
+            convergence_rate: rate,
+            converged_tokens: st.converged_tokens,
+            grad_norm_before_clip: norm,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        on_iteration(&entry);
+        log.push(entry);
+        if t >= cfg.phase1_min_iterations && rate >= cfg.phase1_min_converged_ratio {
+            converged = true;
+            break;
+        }
+    }
+    Ok(Phase1Outcome {
+        prev: p1.prev,
+        log,
+        converged,
+    })
+}
