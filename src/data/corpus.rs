@@ -69,6 +69,9 @@ pub enum Source {
         given: String,
         format: Format,
         files: Vec<PathBuf>,
+        /// The corpus string named one file (a .txt is then split on
+        /// separator lines) rather than a directory or pattern.
+        single_file: bool,
     },
 }
 
@@ -104,6 +107,7 @@ impl Source {
             given: corpus.to_string(),
             format,
             files: vec![path.to_path_buf()],
+            single_file: true,
         })
     }
 
@@ -180,6 +184,7 @@ impl Source {
             given: corpus.to_string(),
             format,
             files,
+            single_file: false,
         })
     }
 
@@ -216,13 +221,16 @@ impl Source {
             Source::Files { format, files, .. } => {
                 hasher.update(format!("{format:?}\0").as_bytes());
                 for file in files {
-                    let bytes = std::fs::read(file)
-                        .with_context(|| format!("cannot read corpus file {}", file.display()))?;
+                    let label = file.display();
+                    let mut reader = std::fs::File::open(file)
+                        .with_context(|| format!("cannot read corpus file {label}"))?;
                     let name = file.file_name().map(|n| n.to_string_lossy().to_string());
                     hasher.update(name.unwrap_or_default().as_bytes());
                     hasher.update([0]);
-                    hasher.update((bytes.len() as u64).to_le_bytes());
-                    hasher.update(&bytes);
+                    // Streamed, so multi-GB shards are not held in memory.
+                    let len = std::io::copy(&mut reader, &mut hasher)
+                        .with_context(|| format!("cannot read corpus file {label}"))?;
+                    hasher.update(len.to_le_bytes());
                 }
             }
         }
@@ -240,7 +248,12 @@ impl Source {
                 let label = "embedded corpus assets/chitchat/chitchat-0.9.0.jsonl.gz";
                 read_jsonl(&text, label, limit, &mut out)?;
             }
-            Source::Files { format, files, .. } => {
+            Source::Files {
+                format,
+                files,
+                single_file,
+                ..
+            } => {
                 for file in files {
                     if out.len() >= limit {
                         break;
@@ -256,7 +269,7 @@ impl Source {
                             let bytes = gunzip(&read_file(file)?, &label)?;
                             read_jsonl(&bytes, &label, limit, &mut out)?;
                         }
-                        Format::Text if files.len() == 1 => read_text_file(file, limit, &mut out)?,
+                        Format::Text if *single_file => read_text_file(file, limit, &mut out)?,
                         Format::Text => {
                             let text = utf8(&read_file(file)?, &file.display().to_string())?;
                             if !text.trim().is_empty() {

@@ -92,12 +92,30 @@ mod tests {
     use super::*;
     use safetensors::tensor::TensorView;
 
-    fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    /// A file alone in its own temp directory; both are removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn temp_file(name: &str, bytes: &[u8]) -> TempFile {
         let dir = std::env::temp_dir().join(format!("newllm-emb-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.safetensors");
         std::fs::write(&path, bytes).unwrap();
-        path
+        TempFile(path)
     }
 
     fn safetensors_file(
@@ -106,7 +124,7 @@ mod tests {
         dtype: Dtype,
         shape: Vec<usize>,
         data: &[u8],
-    ) -> std::path::PathBuf {
+    ) -> TempFile {
         let view = TensorView::new(dtype, shape, data).unwrap();
         let bytes = safetensors::serialize([(tensor, view)], &None).unwrap();
         temp_file(name, &bytes)

@@ -11,12 +11,28 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A fresh, empty directory unique to this process and test.
-fn temp_dir(name: &str) -> PathBuf {
+/// A fresh, empty directory unique to this process and test, removed when
+/// dropped (also when the test fails).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("newllm-data-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 type Conversation<'a> = &'a [(&'a str, &'a str)];
@@ -226,6 +242,13 @@ fn jsonl_plain_and_gzip_and_text_readers() {
     std::fs::write(txt_dir.join("b.txt"), "bee").unwrap();
     std::fs::write(txt_dir.join("a.txt"), "ay\n<|endofsample|>\nstill ay").unwrap();
     std::fs::write(txt_dir.join("c.txt"), "  \n").unwrap();
+    let lone_dir = dir.join("lone");
+    std::fs::create_dir_all(&lone_dir).unwrap();
+    std::fs::write(lone_dir.join("only.txt"), "x\n<|endofsample|>\ny").unwrap();
+    assert_eq!(
+        load_samples(lone_dir.to_str().unwrap()).unwrap(),
+        vec!["x\n<|endofsample|>\ny".to_string()]
+    );
     assert_eq!(
         load_samples(txt_dir.to_str().unwrap()).unwrap(),
         vec![
@@ -590,4 +613,21 @@ fn embedded_corpus_loads() {
     let full: Vec<u32> = samples[..50].iter().flat_map(|s| tok.encode(s)).collect();
     assert_eq!([split.train, split.val].concat(), full);
     assert!(matches!(Source::resolve("").unwrap(), Source::Embedded));
+}
+
+#[test]
+fn embedded_corpus_inspect_figures() {
+    // Tokenizes all 7,168 conversations (about 1.5 s on 2 cores).
+    let dir = temp_dir("embedded-inspect");
+    let report = super::stream::inspect("", &[50, 100, 200, 500], &dir).unwrap();
+    let expected = "corpus: embedded chitchat-dataset 0.9.0\nsamples: 7168\n\
+        tokens per sample: min 1, median 61, max 26627\ntotal tokens: 3196530\n\
+        val_fraction: 0.1\nN = 50: 15461 tokens, train 13915, val 1546\n\
+        N = 100: 32404 tokens, train 29164, val 3240\nN = 200: 79571 tokens, train 71614, val 7957\n\
+        N = 500: 226531 tokens, train 203878, val 22653\n";
+    assert_eq!(report, expected);
+    // inspect cached every sample, so a run on N = 500 reuses it.
+    let (split, used) = load_split_with_status("", 500, 0.1, &dir).unwrap();
+    assert_eq!(used, CacheUse::Reused);
+    assert_eq!((split.train.len(), split.val.len()), (203_878, 22_653));
 }
