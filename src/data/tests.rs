@@ -631,3 +631,60 @@ fn embedded_corpus_inspect_figures() {
     assert_eq!(used, CacheUse::Reused);
     assert_eq!((split.train.len(), split.val.len()), (203_878, 22_653));
 }
+
+#[test]
+fn parquet_null_rows_and_mixed_directories_are_errors() {
+    let dir = temp_dir("pq-null");
+    let fields = Fields::from(vec![
+        Field::new("content", DataType::Utf8, true),
+        Field::new("role", DataType::Utf8, true),
+    ]);
+    let item = StructBuilder::new(
+        fields,
+        vec![
+            Box::new(StringBuilder::new()),
+            Box::new(StringBuilder::new()),
+        ],
+    );
+    let mut messages = ListBuilder::new(item);
+    for (row, valid) in [true, true, false].into_iter().enumerate() {
+        if valid {
+            let item = messages.values();
+            let text = format!("row {row}");
+            item.field_builder::<StringBuilder>(0)
+                .unwrap()
+                .append_value(&text);
+            item.field_builder::<StringBuilder>(1)
+                .unwrap()
+                .append_null();
+            item.append(true);
+        }
+        messages.append(valid);
+    }
+    let messages = messages.finish();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "messages",
+        messages.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(messages) as ArrayRef]).unwrap();
+    let path = dir.join("nulls.parquet");
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let err = err_text(load_samples(path.to_str().unwrap()));
+    assert!(
+        err.contains("nulls.parquet: row index 2: \"messages\" is null"),
+        "{err}"
+    );
+    // The rows before the bad one are fine (a null role does not matter).
+    let split = load_split(path.to_str().unwrap(), 2, 0.5, &dir.join("cache")).unwrap();
+    let tok = Tokenizer::gpt2().unwrap();
+    let expected = [tok.encode("row 0"), tok.encode("row 1")].concat();
+    assert_eq!([split.train, split.val].concat(), expected);
+
+    std::fs::write(dir.join("extra.jsonl"), jsonl_line(&chat(0))).unwrap();
+    let err = err_text(load_samples(dir.to_str().unwrap()));
+    assert!(err.contains("mixes file formats"), "{err}");
+}
