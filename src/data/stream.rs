@@ -1,0 +1,349 @@
+//! Token stream, train/validation split and the on-disk token cache
+//! (ALGORITHM.md section 1).
+//!
+//! Cache: one file per corpus location, `<cache_dir>/tokens-<id>.bin`, holding
+//! the tokenization of the corpus's first K samples plus a key (SHA-256 of the
+//! source's content, the tokenizer and the reader version). A request for
+//! N <= K samples reuses the prefix, so a sweep over N = 50..500 tokenizes
+//! once; a larger N, a changed source or changed settings rebuild it.
+//! `val_fraction` is not part of the key: the split is cut at load time.
+
+use super::corpus::{Source, READER_VERSION};
+use super::tokenizer::{Tokenizer, TOKENIZER_NAME};
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The first N samples of a corpus as one token stream, cut into train and
+/// validation parts. `train ++ val` is the whole stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Split {
+    /// N: samples in the stream.
+    pub samples: usize,
+    /// The stream minus its last `split_point(len, val_fraction)` tokens.
+    pub train: Vec<u32>,
+    /// The stream's last `split_point(len, val_fraction)` tokens.
+    pub val: Vec<u32>,
+    /// End offset of each sample in the full stream (`train ++ val`).
+    pub sample_ends: Vec<usize>,
+    /// Where the tokens came from: the corpus path or the embedded corpus name.
+    pub source: String,
+}
+
+/// What `load_split` did with the cache (tests and logs use it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// A cache covering the request was reused; nothing was tokenized.
+    Reused,
+    /// The corpus was tokenized and the cache (re)written.
+    Built,
+}
+
+/// Number of validation tokens: `int(len * val_fraction)` exactly as the
+/// original computes it in Python (f64 product, truncated).
+pub fn split_point(len: usize, val_fraction: f64) -> usize {
+    (len as f64 * val_fraction) as usize
+}
+
+/// Tokenizes the first `samples` samples of `corpus` ("" = embedded) and
+/// splits them, reusing the token cache in `cache_dir`.
+pub fn load_split(
+    corpus: &str,
+    samples: usize,
+    val_fraction: f64,
+    cache_dir: &Path,
+) -> Result<Split> {
+    load_split_with_status(corpus, samples, val_fraction, cache_dir).map(|(split, _)| split)
+}
+
+/// `load_split`, also saying whether the cache was reused.
+pub fn load_split_with_status(
+    corpus: &str,
+    samples: usize,
+    val_fraction: f64,
+    cache_dir: &Path,
+) -> Result<(Split, CacheUse)> {
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        bail!("val_fraction is {val_fraction}; it must be between 0 and 1 (exclusive), e.g. 0.1");
+    }
+    if samples == 0 {
+        bail!("0 samples requested; sample counts must be at least 1");
+    }
+    let source = Source::resolve(corpus)?;
+    let (tokens, used) = tokens_for(&source, Some(samples), cache_dir)?;
+    if tokens.sample_ends.len() < samples {
+        bail!(
+            "corpus {} has {} samples but {samples} were requested; lower sample_counts or give a larger corpus",
+            source.describe(),
+            tokens.sample_ends.len()
+        );
+    }
+    let split = cut(&tokens, samples, val_fraction, &source.describe())?;
+    Ok((split, used))
+}
+
+/// Builds the split of the first `samples` samples from a tokenization that
+/// covers at least that many.
+fn cut(tokens: &Tokenized, samples: usize, val_fraction: f64, source: &str) -> Result<Split> {
+    let sample_ends = tokens.sample_ends[..samples].to_vec();
+    let len = sample_ends.last().copied().unwrap_or(0);
+    let val_len = split_point(len, val_fraction);
+    let train_len = len - val_len;
+    // Phase 2 needs at least one (input, target) pair on each side.
+    if val_len < 2 || train_len < 2 {
+        bail!(
+            "corpus {source}: {samples} samples give {len} tokens, so train has {train_len} and \
+             validation {val_len} (val_fraction {val_fraction}); each needs at least 2: use more \
+             samples or another val_fraction"
+        );
+    }
+    Ok(Split {
+        samples,
+        train: tokens.ids[..train_len].to_vec(),
+        val: tokens.ids[train_len..len].to_vec(),
+        sample_ends,
+        source: source.to_string(),
+    })
+}
+
+/// Tokenization of a corpus's first `sample_ends.len()` samples.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Tokenized {
+    pub ids: Vec<u32>,
+    pub sample_ends: Vec<usize>,
+    /// True when these are all the corpus's samples.
+    pub complete: bool,
+}
+
+/// Tokens of the first `want` samples (None = all), from the cache when it
+/// covers them. May hold more samples than asked, or fewer when the corpus is
+/// shorter (the caller reports that).
+pub(crate) fn tokens_for(
+    source: &Source,
+    want: Option<usize>,
+    cache_dir: &Path,
+) -> Result<(Tokenized, CacheUse)> {
+    let key = cache_key(source)?;
+    let path = cache_path(source, cache_dir);
+    if let Some(cached) = read_cache(&path, &key) {
+        let covers = match want {
+            Some(n) => cached.sample_ends.len() >= n || cached.complete,
+            None => cached.complete,
+        };
+        if covers {
+            return Ok((cached, CacheUse::Reused));
+        }
+    }
+    let samples = source.read(want)?;
+    if samples.is_empty() {
+        bail!(
+            "corpus {} is empty (no samples); give a corpus with at least one conversation or document",
+            source.describe()
+        );
+    }
+    let complete = want.is_none_or(|n| samples.len() < n);
+    let (ids, sample_ends) = tokenize_all(&samples)?;
+    let tokens = Tokenized {
+        ids,
+        sample_ends,
+        complete,
+    };
+    write_cache(&path, &key, &tokens)?;
+    Ok((tokens, CacheUse::Built))
+}
+
+/// Tokenizes samples in parallel and concatenates them in order.
+pub(crate) fn tokenize_all(samples: &[String]) -> Result<(Vec<u32>, Vec<usize>)> {
+    let tok = Tokenizer::gpt2()?;
+    let pieces: Vec<Vec<u32>> = samples.par_iter().map(|s| tok.encode(s)).collect();
+    let total = pieces.iter().map(Vec::len).sum();
+    let mut ids = Vec::with_capacity(total);
+    let mut sample_ends = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        ids.extend_from_slice(&piece);
+        sample_ends.push(ids.len());
+    }
+    Ok((ids, sample_ends))
+}
+
+// ---- cache file
+//
+// Layout (little endian): MAGIC, key [32], complete u8, samples u64,
+// tokens u64, sample_ends [samples] u64, ids [tokens] u16 (GPT-2 ids fit),
+// then SHA-256 of everything before it, so a damaged file is rebuilt.
+
+const MAGIC: &[u8; 8] = b"NLTOKv1\0";
+
+fn cache_key(source: &Source) -> Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    hasher.update(source.content_hash()?);
+    hasher.update(TOKENIZER_NAME.as_bytes());
+    hasher.update([0]);
+    hasher.update(READER_VERSION.as_bytes());
+    Ok(hasher.finalize().into())
+}
+
+fn cache_path(source: &Source, cache_dir: &Path) -> PathBuf {
+    let id = Sha256::digest(source.identity().as_bytes());
+    let hex: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+    cache_dir.join(format!("tokens-{hex}.bin"))
+}
+
+/// The cached tokenization if the file exists, is intact and has this key.
+fn read_cache(path: &Path, key: &[u8; 32]) -> Option<Tokenized> {
+    let bytes = std::fs::read(path).ok()?;
+    let body_len = bytes.len().checked_sub(32)?;
+    let (body, digest) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != digest {
+        return None;
+    }
+    let mut r = Reader {
+        bytes: body,
+        pos: 0,
+    };
+    if r.take(8)? != MAGIC || r.take(32)? != key {
+        return None;
+    }
+    let complete = r.take(1)?[0] == 1;
+    let samples = usize::try_from(r.u64()?).ok()?;
+    let tokens = usize::try_from(r.u64()?).ok()?;
+    let mut sample_ends = Vec::with_capacity(samples.min(body.len() / 8));
+    for _ in 0..samples {
+        sample_ends.push(usize::try_from(r.u64()?).ok()?);
+    }
+    let raw = r.take(tokens.checked_mul(2)?)?;
+    let ids = raw
+        .chunks_exact(2)
+        .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+        .collect();
+    if r.pos != body.len() || sample_ends.last().copied().unwrap_or(0) != tokens {
+        return None;
+    }
+    Some(Tokenized {
+        ids,
+        sample_ends,
+        complete,
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.take(8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+}
+
+fn write_cache(path: &Path, key: &[u8; 32], tokens: &Tokenized) -> Result<()> {
+    let mut body =
+        Vec::with_capacity(8 + 32 + 17 + tokens.sample_ends.len() * 8 + tokens.ids.len() * 2 + 32);
+    body.extend_from_slice(MAGIC);
+    body.extend_from_slice(key);
+    body.push(u8::from(tokens.complete));
+    body.extend_from_slice(&(tokens.sample_ends.len() as u64).to_le_bytes());
+    body.extend_from_slice(&(tokens.ids.len() as u64).to_le_bytes());
+    for &end in &tokens.sample_ends {
+        body.extend_from_slice(&(end as u64).to_le_bytes());
+    }
+    for &id in &tokens.ids {
+        let Ok(id) = u16::try_from(id) else {
+            bail!("token id {id} does not fit the cache's 16-bit ids (GPT-2 ids are < 50257)");
+        };
+        body.extend_from_slice(&id.to_le_bytes());
+    }
+    let digest = Sha256::digest(&body);
+    body.extend_from_slice(&digest);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create token cache directory {}; choose a writable one",
+            dir.display()
+        )
+    })?;
+    // Write then rename, so a crash never leaves a half-written cache behind.
+    // Unique per process and call: parallel sweep cells may write at once.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, &body).with_context(|| {
+        format!(
+            "cannot write token cache {}; choose a writable cache directory",
+            tmp.display()
+        )
+    })?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move token cache into place at {}", path.display()))?;
+    Ok(())
+}
+
+/// `newllm data inspect` with the default val_fraction (0.1).
+pub fn inspect(corpus: &str, sample_counts: &[usize], cache_dir: &Path) -> Result<String> {
+    inspect_with(corpus, sample_counts, 0.1, cache_dir)
+}
+
+/// Report on a whole corpus: sample count, tokens per sample
+/// (min/median/max), total tokens, and train/val tokens for each N. Tokenizes
+/// every sample once and caches it, so later runs on any N reuse that.
+pub fn inspect_with(
+    corpus: &str,
+    sample_counts: &[usize],
+    val_fraction: f64,
+    cache_dir: &Path,
+) -> Result<String> {
+    let source = Source::resolve(corpus)?;
+    let (tokens, _) = tokens_for(&source, None, cache_dir)?;
+    let mut lengths: Vec<usize> = Vec::with_capacity(tokens.sample_ends.len());
+    let mut start = 0;
+    for &end in &tokens.sample_ends {
+        lengths.push(end - start);
+        start = end;
+    }
+    let total = tokens.ids.len();
+    let mut sorted = lengths.clone();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    // `tokens_for` never returns an empty corpus, so n >= 1.
+    let median = if n % 2 == 1 {
+        sorted[n / 2] as f64
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+    };
+    let mut out = String::new();
+    out.push_str(&format!("corpus: {}\n", source.describe()));
+    out.push_str(&format!("samples: {n}\n"));
+    out.push_str(&format!(
+        "tokens per sample: min {}, median {median}, max {}\n",
+        sorted[0],
+        sorted[n - 1]
+    ));
+    out.push_str(&format!("total tokens: {total}\n"));
+    out.push_str(&format!("val_fraction: {val_fraction}\n"));
+    for &count in sample_counts {
+        if count == 0 || count > n {
+            out.push_str(&format!(
+                "N = {count}: not possible, the corpus has {n} samples\n"
+            ));
+            continue;
+        }
+        let len = tokens.sample_ends[count - 1];
+        let val = split_point(len, val_fraction);
+        out.push_str(&format!(
+            "N = {count}: {len} tokens, train {}, val {val}\n",
+            len - val
+        ));
+    }
+    Ok(out)
+}
