@@ -12,3 +12,5 @@ pub mod phase1;
 pub mod phase2;
 pub mod results;
 pub mod rng;
+pub mod cell;
+pub mod generate;

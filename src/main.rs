@@ -1,1 +1,136 @@
-fn main() {}
+//! The `newllm` command line: one subcommand per job.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use newllm::cell::{self, run_cell};
+use newllm::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "newllm", version, about = "New-LLM: fixed-point context learning and its scaling experiments")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Settings shared by every command that trains.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Preset name (seed, seed-true, quick) or a .toml file.
+    #[arg(long, default_value = "quick")]
+    preset: String,
+    /// Corpus: parquet/JSONL/text file or directory; default = embedded chitchat corpus.
+    #[arg(long)]
+    corpus: Option<String>,
+    /// Override any config field: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Tokenized-corpus cache directory.
+    #[arg(long, default_value = "runs/.token-cache")]
+    cache_dir: PathBuf,
+}
+
+impl RunArgs {
+    fn config(&self) -> Result<Config> {
+        let mut cfg = Config::preset(&self.preset)?;
+        if let Some(c) = &self.corpus {
+            cfg.corpus = c.clone();
+        }
+        cfg.apply_overrides(&self.sets)?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train one cell (Phase 1 -> caches -> ER -> Phase 2) and print its summary.
+    Train {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Samples (conversations) to use; default = the config's largest sample count.
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Output directory for the log, checkpoint and result JSON.
+        #[arg(long, default_value = "runs/train")]
+        out: PathBuf,
+    },
+    /// Corpus tools.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// Sample text from a trained checkpoint.
+    Generate {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 50)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Sample count, tokens per sample, and train/val tokens per sample count.
+    Inspect {
+        /// Corpus path; default = the embedded corpus.
+        corpus: Option<String>,
+        /// Sample counts to show train/val splits for.
+        #[arg(long, value_delimiter = ',', default_value = "50,100,200,500")]
+        samples: Vec<usize>,
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        #[arg(long, default_value = "runs/.token-cache")]
+        cache_dir: PathBuf,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Train { run, samples, out } => {
+            let cfg = run.config()?;
+            let samples = samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
+            let r = run_cell(&cfg, samples, &out, &run.cache_dir)?;
+            println!("{}", cell::summary_line(&r));
+            let s = &r.seconds;
+            println!(
+                "stages: data {:.1}s | phase1 {:.1}s ({} iterations) | train cache {:.1}s | val cache {:.1}s | ER {:.1}s | phase2 {:.1}s | peak RSS {} (predicted {})",
+                s.data,
+                s.phase1,
+                r.phase1_iterations,
+                s.train_cache,
+                s.val_cache,
+                s.effective_rank,
+                s.phase2,
+                cell::gib(r.measured_peak_bytes),
+                cell::gib(r.predicted_peak_bytes)
+            );
+            println!("result: {}", cell::CellPaths::new(&out, samples).result.display());
+        }
+        Cmd::Data { cmd: DataCmd::Inspect { corpus, samples, val_fraction, cache_dir } } => {
+            let text = newllm::data::inspect_with(corpus.as_deref().unwrap_or(""), &samples, val_fraction, &cache_dir)?;
+            print!("{text}");
+        }
+        Cmd::Generate { checkpoint, prompt, max_tokens, temperature, top_k, seed } => {
+            let model = cell::load_checkpoint(&checkpoint)?;
+            let tok = newllm::data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
+            let s = newllm::generate::Sampling { max_tokens, temperature, top_k, seed };
+            println!("{prompt}{}", newllm::generate::generate(&model, &tok, &prompt, &s)?);
+        }
+    }
+    Ok(())
+}

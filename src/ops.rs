@@ -241,35 +241,41 @@ pub fn layernorm_backward(
 /// Mean softmax cross-entropy of `logits` (rows x V) against `targets`.
 /// Overwrites `logits` with d(mean loss)/d(logits) when `grad` is set.
 /// Returns (sum of per-row losses, number of rows whose argmax == target;
-/// ties go to the lowest index, as torch.argmax).
+/// ties go to the lowest index, as torch.argmax). Rows run in parallel.
 pub fn cross_entropy(logits: &mut [f32], targets: &[u32], grad: bool) -> (f64, usize) {
+    use rayon::prelude::*;
     let v = logits.len() / targets.len().max(1);
     let inv_rows = 1.0 / targets.len() as f32;
-    let mut loss = 0.0f64;
-    let mut correct = 0;
-    for (row, &t) in logits.chunks_exact_mut(v).zip(targets) {
-        let t = t as usize;
-        let (mut best, mut max) = (0, f32::NEG_INFINITY);
-        for (i, &x) in row.iter().enumerate() {
-            if x > max {
-                max = x;
-                best = i;
+    logits
+        .par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let t = t as usize;
+            let (mut best, mut max) = (0, f32::NEG_INFINITY);
+            for (i, &x) in row.iter().enumerate() {
+                if x > max {
+                    max = x;
+                    best = i;
+                }
             }
-        }
-        if best == t {
-            correct += 1;
-        }
-        let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-        loss += sum.ln() - (row[t] - max) as f64;
-        if grad {
-            let inv = 1.0 / sum;
+            let target_logit = row[t];
+            // exp in f32 (written back into the row), summed in f64
+            let mut sum = 0.0f64;
             for x in row.iter_mut() {
-                *x = (((*x - max) as f64).exp() * inv) as f32 * inv_rows;
+                let e = (*x - max).exp();
+                sum += e as f64;
+                if grad {
+                    *x = e;
+                }
             }
-            row[t] -= inv_rows;
-        }
-    }
-    (loss, correct)
+            if grad {
+                let scale = (1.0 / sum) as f32 * inv_rows;
+                row.iter_mut().for_each(|x| *x *= scale);
+                row[t] -= inv_rows;
+            }
+            (sum.ln() - (target_logit - max) as f64, usize::from(best == t))
+        })
+        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// Phase-1 losses of one batch (ALGORITHM.md section 3) and their gradient.

@@ -74,5 +74,8 @@ pub struct CellResult {
     pub threads: usize,
     /// Peak resident memory predicted before the run, bytes.
     pub predicted_peak_bytes: u64,
+    /// Peak resident memory of the process measured after the cell (VmHWM), bytes.
+    #[serde(default)]
+    pub measured_peak_bytes: u64,
     pub config: Config,
 }
