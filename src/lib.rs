@@ -6,3 +6,5 @@ pub mod config;
 pub mod data;
 pub mod results;
 pub mod stats;
+pub mod plots;
+pub mod report;
