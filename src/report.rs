@@ -7,7 +7,9 @@
 use crate::config::Config;
 use crate::plots;
 use crate::results::{CellResult, SweepResults};
-use crate::stats::{student_t_quantile, student_t_two_sided_p, Correlation, CorrelationPair, ScalingFit};
+use crate::stats::{
+    student_t_quantile, student_t_two_sided_p, Correlation, CorrelationPair, ScalingFit,
+};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -38,7 +40,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -82,7 +84,9 @@ fn change_pct(a: f64, b: f64) -> String {
 
 /// Shell-safe single-quoting when a word needs it.
 fn shell_word(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "_=.,-/:+".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_=.,-/:+".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -92,7 +96,10 @@ fn shell_word(s: &str) -> String {
 /// `--set key=value` flags for every config field that differs from the
 /// defaults, except `skip`: with them a command reruns the same conditions.
 fn set_flags(config: &Config, skip: &[&str]) -> String {
-    let (Ok(cur), Ok(def)) = (toml::Table::try_from(config), toml::Table::try_from(Config::default())) else {
+    let (Ok(cur), Ok(def)) = (
+        toml::Table::try_from(config),
+        toml::Table::try_from(Config::default()),
+    ) else {
         return String::new();
     };
     let mut flags = String::new();
@@ -107,7 +114,11 @@ fn set_flags(config: &Config, skip: &[&str]) -> String {
 
 /// The command that reruns this sweep's conditions with `key` taking each value.
 pub fn compare_command(config: &Config, key: &str, values: &[String]) -> String {
-    format!("newllm compare --vary {}{}", shell_word(&format!("{key}={}", values.join(","))), set_flags(config, &[key]))
+    format!(
+        "newllm compare --vary {}{}",
+        shell_word(&format!("{key}={}", values.join(","))),
+        set_flags(config, &[key])
+    )
 }
 
 /// The command that reruns this sweep's conditions with other sample counts.
@@ -136,10 +147,17 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
 }
 
 fn now_utc() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let (y, m, d) = civil_date(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", s / 3600, (s % 3600) / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        s / 3600,
+        (s % 3600) / 60
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -187,7 +205,12 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
     if parts.is_empty() {
         return format!("{what}: not computable (fewer than 2 cells or a constant column).");
     }
-    let n = pair.pearson.as_ref().or(pair.spearman.as_ref()).map(|c| c.n).unwrap_or(0);
+    let n = pair
+        .pearson
+        .as_ref()
+        .or(pair.spearman.as_ref())
+        .map(|c| c.n)
+        .unwrap_or(0);
     let v = if correlation_significant(pair) {
         "significant at 5%"
     } else if pair.pearson.as_ref().and_then(|c| c.p_value).is_none() {
@@ -200,7 +223,11 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
 
 /// Whether either coefficient of the pair reaches 5%.
 fn correlation_significant(pair: &CorrelationPair) -> bool {
-    [&pair.pearson, &pair.spearman].iter().any(|c| c.as_ref().and_then(|c| c.p_value).is_some_and(|p| p < SIGNIFICANCE))
+    [&pair.pearson, &pair.spearman].iter().any(|c| {
+        c.as_ref()
+            .and_then(|c| c.p_value)
+            .is_some_and(|p| p < SIGNIFICANCE)
+    })
 }
 
 /// Smallest |r| that reaches p < 0.05 with n points (t test, n - 2 dof).
@@ -271,17 +298,22 @@ fn diagnose_cell(c: &CellResult) -> CellDiagnosis {
         _ => None,
     };
     let (train_drop, val_drop) = match (epoch(1), epoch(2)) {
-        (Some(e1), Some(e2)) if e2.train_ppl > 0.0 && e2.val_ppl > 0.0 => {
-            (Some(e1.train_ppl / e2.train_ppl), Some(e1.val_ppl / e2.val_ppl))
-        }
+        (Some(e1), Some(e2)) if e2.train_ppl > 0.0 && e2.val_ppl > 0.0 => (
+            Some(e1.train_ppl / e2.train_ppl),
+            Some(e1.val_ppl / e2.val_ppl),
+        ),
         _ => (None, None),
     };
-    let fast_fit = matches!((train_drop, val_drop), (Some(t), Some(v)) if v > 0.0 && t >= FAST_FIT_RATIO * v);
+    let fast_fit =
+        matches!((train_drop, val_drop), (Some(t), Some(v)) if v > 0.0 && t >= FAST_FIT_RATIO * v);
     let after: Vec<_> = c.epochs.iter().filter(|e| e.epoch > c.best_epoch).collect();
     let val_loss_rise = match best {
-        Some(b) if !after.is_empty() && b.val_loss > 0.0 => {
-            Some(after.iter().map(|e| e.val_loss / b.val_loss - 1.0).fold(f64::MIN, f64::max))
-        }
+        Some(b) if !after.is_empty() && b.val_loss > 0.0 => Some(
+            after
+                .iter()
+                .map(|e| e.val_loss / b.val_loss - 1.0)
+                .fold(f64::MIN, f64::max),
+        ),
         _ => None,
     };
     let train_still_falling = match (best, after.last()) {
@@ -319,7 +351,10 @@ pub fn diagnose(results: &SweepResults) -> Diagnostics {
             ppl_to: w[1].val_ppl,
         })
         .collect();
-    Diagnostics { dips, cells: results.cells.iter().map(diagnose_cell).collect() }
+    Diagnostics {
+        dips,
+        cells: results.cells.iter().map(diagnose_cell).collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -346,7 +381,11 @@ fn section_conditions(md: &mut String, r: &SweepResults) {
         c.num_input_tokens,
         if c.use_weight_tying { "on" } else { "off" }
     );
-    let emb = if c.pretrained_embeddings.is_empty() { "random N(0, 0.02)".to_string() } else { format!("`{}`", c.pretrained_embeddings) };
+    let emb = if c.pretrained_embeddings.is_empty() {
+        "random N(0, 0.02)".to_string()
+    } else {
+        format!("`{}`", c.pretrained_embeddings)
+    };
     *md += &format!("- Embeddings: {emb}; seed {}\n", c.seed);
     *md += &format!(
         "- Phase 1: init `{}`, lr {}, batch {}, iterations {}-{}, convergence threshold {}, min converged ratio {}, context noise {}, dist_reg_weight {}\n",
@@ -360,13 +399,24 @@ fn section_conditions(md: &mut String, r: &SweepResults) {
         c.phase1_context_noise,
         c.dist_reg_weight
     );
-    *md += &format!("- Phase-2 training cache: `{}`\n", serde_plain(&c.train_cache));
-    let patience = if c.phase2_patience == 0 { "off (fixed epochs)".to_string() } else { c.phase2_patience.to_string() };
+    *md += &format!(
+        "- Phase-2 training cache: `{}`\n",
+        serde_plain(&c.train_cache)
+    );
+    let patience = if c.phase2_patience == 0 {
+        "off (fixed epochs)".to_string()
+    } else {
+        c.phase2_patience.to_string()
+    };
     *md += &format!(
         "- Phase 2: lr {}, batch size {}, up to {} epochs, early-stopping patience {patience}\n",
         c.phase2_learning_rate, c.phase2_batch_size, c.phase2_epochs
     );
-    let corpus = if c.corpus.is_empty() { "the embedded chitchat corpus".to_string() } else { format!("`{}`", c.corpus) };
+    let corpus = if c.corpus.is_empty() {
+        "the embedded chitchat corpus".to_string()
+    } else {
+        format!("`{}`", c.corpus)
+    };
     let counts: Vec<String> = r.cells.iter().map(|c| c.samples.to_string()).collect();
     *md += &format!(
         "- Data: {corpus}; validation = last {} of each cell's token stream; sample counts {}\n",
@@ -387,14 +437,24 @@ fn section_conditions(md: &mut String, r: &SweepResults) {
 
 /// A serde enum as its plain config spelling ("sequential").
 fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn section_summary(md: &mut String, r: &SweepResults) {
     *md += "## Results summary\n\n";
     *md += "| Samples | Tokens | Val PPL | Val Acc | Val ER |\n|---------|--------|---------|---------|--------|\n";
     for c in &r.cells {
-        *md += &format!("| {} | {} | {:.1} | {} | {} |\n", c.samples, thousands(c.train_tokens), c.val_ppl, pct(c.val_acc), pct(c.val_er));
+        *md += &format!(
+            "| {} | {} | {:.1} | {} | {} |\n",
+            c.samples,
+            thousands(c.train_tokens),
+            c.val_ppl,
+            pct(c.val_acc),
+            pct(c.val_er)
+        );
     }
     *md += "\n";
     match &r.scaling {
@@ -420,7 +480,10 @@ fn section_summary(md: &mut String, r: &SweepResults) {
 fn section_er(md: &mut String, r: &SweepResults) {
     *md += "### 1. Stability of Effective Rank (ER)\n\n";
     let band = |f: fn(&CellResult) -> f64| {
-        r.cells.iter().map(f).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        r.cells
+            .iter()
+            .map(f)
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
     };
     let (vlo, vhi) = band(|c| c.val_er);
     let (tlo, thi) = band(|c| c.train_er);
@@ -437,7 +500,13 @@ fn section_er(md: &mut String, r: &SweepResults) {
     );
     *md += "| Samples | Train ER | Val ER | Val ER (dims) |\n|---------|----------|--------|---------------|\n";
     for c in &r.cells {
-        *md += &format!("| {} | {} | {} | {:.1} |\n", c.samples, pct(c.train_er), pct(c.val_er), c.val_er_abs);
+        *md += &format!(
+            "| {} | {} | {} | {:.1} |\n",
+            c.samples,
+            pct(c.train_er),
+            pct(c.val_er),
+            c.val_er_abs
+        );
     }
     let mean_abs = r.cells.iter().map(|c| c.val_er_abs).sum::<f64>() / r.cells.len() as f64;
     *md += &format!(
@@ -451,7 +520,10 @@ fn section_tokens(md: &mut String, r: &SweepResults) {
     *md += "| Tokens | Val PPL | Val Acc | PPL vs previous cell | Acc vs previous cell |\n|--------|---------|---------|----------------------|----------------------|\n";
     for (i, c) in r.cells.iter().enumerate() {
         let (dp, da) = match i.checked_sub(1).map(|j| &r.cells[j]) {
-            Some(p) => (change_pct(p.val_ppl, c.val_ppl), format!("{:+.1} points", (c.val_acc - p.val_acc) * 100.0)),
+            Some(p) => (
+                change_pct(p.val_ppl, c.val_ppl),
+                format!("{:+.1} points", (c.val_acc - p.val_acc) * 100.0),
+            ),
             None => ("-".to_string(), "-".to_string()),
         };
         *md += &format!(
@@ -462,7 +534,9 @@ fn section_tokens(md: &mut String, r: &SweepResults) {
         );
     }
     *md += "\n";
-    let (Some(first), Some(last)) = (r.cells.first(), r.cells.last()) else { return };
+    let (Some(first), Some(last)) = (r.cells.first(), r.cells.last()) else {
+        return;
+    };
     if r.cells.len() >= 2 {
         *md += &format!(
             "- Val PPL from {} to {} train tokens: {:.1} -> {:.1} ({}).\n",
@@ -472,7 +546,11 @@ fn section_tokens(md: &mut String, r: &SweepResults) {
             last.val_ppl,
             change_pct(first.val_ppl, last.val_ppl)
         );
-        let best = r.cells.iter().max_by(|a, b| a.val_acc.total_cmp(&b.val_acc)).unwrap_or(last);
+        let best = r
+            .cells
+            .iter()
+            .max_by(|a, b| a.val_acc.total_cmp(&b.val_acc))
+            .unwrap_or(last);
         *md += &format!(
             "- Val Acc: {} -> {} over the same range; highest {} at {} samples.\n",
             pct(first.val_acc),
@@ -483,34 +561,59 @@ fn section_tokens(md: &mut String, r: &SweepResults) {
     }
     if let Some(fit) = &r.scaling {
         let per_doubling = |a: f64| (2f64.powf(a) - 1.0) * 100.0;
-        *md += &format!("- By the fit, doubling the tokens changes PPL by about {:+.0}%", per_doubling(fit.alpha));
+        *md += &format!(
+            "- By the fit, doubling the tokens changes PPL by about {:+.0}%",
+            per_doubling(fit.alpha)
+        );
         if let Some([lo, hi]) = fit.alpha_ci95 {
-            *md += &format!(" (95% CI {:+.0}% to {:+.0}%)", per_doubling(lo), per_doubling(hi));
+            *md += &format!(
+                " (95% CI {:+.0}% to {:+.0}%)",
+                per_doubling(lo),
+                per_doubling(hi)
+            );
         }
         *md += ".\n";
     }
-    *md += &format!("- {}\n\n", correlation_sentence("ln(tokens) vs Val Acc", &r.correlations.log_tokens_vs_val_acc));
+    *md += &format!(
+        "- {}\n\n",
+        correlation_sentence(
+            "ln(tokens) vs Val Acc",
+            &r.correlations.log_tokens_vs_val_acc
+        )
+    );
 }
 
 fn section_conclusion(md: &mut String, r: &SweepResults) {
     *md += "### 3. Conclusion\n\n";
     let n = r.cells.len();
-    let tokens_sig = r.scaling.as_ref().and_then(|f| f.p_value).is_some_and(|p| p < SIGNIFICANCE);
-    let er_sig = correlation_significant(&r.correlations.val_er_vs_val_ppl) || correlation_significant(&r.correlations.val_er_vs_val_acc);
+    let tokens_sig = r
+        .scaling
+        .as_ref()
+        .and_then(|f| f.p_value)
+        .is_some_and(|p| p < SIGNIFICANCE);
+    let er_sig = correlation_significant(&r.correlations.val_er_vs_val_ppl)
+        || correlation_significant(&r.correlations.val_er_vs_val_acc);
     *md += "Token count:\n\n";
     match &r.scaling {
         Some(fit) => *md += &format!("- Scaling law: {}.\n", alpha_sentence(fit)),
         None => *md += "- No scaling fit (too few usable cells).\n",
     }
     *md += "\nEffective Rank vs performance:\n\n";
-    *md += &format!("- {}\n", correlation_sentence("Val ER vs Val PPL", &r.correlations.val_er_vs_val_ppl));
-    *md += &format!("- {}\n", correlation_sentence("Val ER vs Val Acc", &r.correlations.val_er_vs_val_acc));
+    *md += &format!(
+        "- {}\n",
+        correlation_sentence("Val ER vs Val PPL", &r.correlations.val_er_vs_val_ppl)
+    );
+    *md += &format!(
+        "- {}\n",
+        correlation_sentence("Val ER vs Val Acc", &r.correlations.val_er_vs_val_acc)
+    );
     if let Some(rc) = critical_r(n) {
         *md += &format!(
             "- Caution: with only n = {n} cells a correlation needs |r| >= {rc:.2} to reach p < 0.05, so \"not significant\" is weak evidence of no relation; the Spearman p-value uses the t approximation, which is rough for so few cells.\n"
         );
     }
-    let er_spread = r.cells.iter().map(|c| c.val_er).fold(f64::MIN, f64::max) - r.cells.iter().map(|c| c.val_er).fold(f64::MAX, f64::min);
+    let er_spread = r.cells.iter().map(|c| c.val_er).fold(f64::MIN, f64::max)
+        - r.cells.iter().map(|c| c.val_er).fold(f64::MAX, f64::min);
     *md += "\nVerdict: ";
     *md += match (tokens_sig, er_sig) {
         (true, false) => "token count is the dominant factor in this sweep: its relation with PPL is significant, and no significant relation between ER and performance was found.",
@@ -531,7 +634,8 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
     *md += "### 4. Accuracy, early stopping and over-fitting\n\n";
     *md += "| Samples | Best epoch | Stop epoch | Early stop | Val PPL at stop vs best | Val loss rise after best | Train PPL ep1/ep2 | Val PPL ep1/ep2 |\n";
     *md += "|---------|------------|------------|------------|-------------------------|--------------------------|-------------------|-----------------|\n";
-    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".to_string());
+    let opt =
+        |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".to_string());
     for c in &d.cells {
         *md += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -547,7 +651,10 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
     }
     *md += "\n";
     for dip in &d.dips {
-        *md += &format!("#### Why accuracy dropped at {} samples\n\n", dip.to_samples);
+        *md += &format!(
+            "#### Why accuracy dropped at {} samples\n\n",
+            dip.to_samples
+        );
         *md += &format!(
             "From {} to {} samples Val Acc fell {} -> {} while Val PPL improved {:.1} -> {:.1}. Evidence from the curves:\n\n",
             dip.from_samples,
@@ -558,15 +665,25 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             dip.ppl_to
         );
         let prev = d.cells.iter().find(|c| c.samples == dip.from_samples);
-        let Some(cur) = d.cells.iter().find(|c| c.samples == dip.to_samples) else { continue };
+        let Some(cur) = d.cells.iter().find(|c| c.samples == dip.to_samples) else {
+            continue;
+        };
         let mut reasons = Vec::new();
         if cur.early_stopped {
-            let mut s = format!("Early stopping fired at epoch {} (best epoch {})", cur.stop_epoch, cur.best_epoch);
-            if let Some(p) = prev {
-                s += &format!("; {} samples stopped at epoch {}", p.samples, p.stop_epoch);
-            }
+            let mut s = format!(
+                "Early stopping fired at epoch {} (best epoch {})",
+                cur.stop_epoch, cur.best_epoch
+            );
             if cur.stopped_early {
-                s += &format!(" - at or before epoch {EARLY_STOP_EPOCH}, so it may have fired too early");
+                s += &format!(
+                    ", at or before epoch {EARLY_STOP_EPOCH}: it may have fired too early"
+                );
+            }
+            if let Some(v) = cur.stop_over_best {
+                s += &format!("; val PPL at the stop was {:+.1}% vs best", v * 100.0);
+            }
+            if let Some(p) = prev {
+                s += &format!(" ({} samples stopped at epoch {})", p.samples, p.stop_epoch);
             }
             reasons.push(s + ".");
         }
@@ -580,11 +697,17 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         }
         if cur.train_still_falling {
             if let Some(rise) = cur.val_loss_rise {
-                reasons.push(format!("After the best epoch val loss rose {:+.2}% while train loss kept falling.", rise * 100.0));
+                reasons.push(format!(
+                    "After the best epoch val loss rose {:+.2}% while train loss kept falling.",
+                    rise * 100.0
+                ));
             }
         }
         if reasons.is_empty() {
-            reasons.push("No early-stopping or over-fitting sign in this cell's curves explains it.".to_string());
+            reasons.push(
+                "No early-stopping or over-fitting sign in this cell's curves explains it."
+                    .to_string(),
+            );
         }
         for (i, s) in reasons.iter().enumerate() {
             *md += &format!("{}. {s}\n", i + 1);
@@ -594,7 +717,12 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
     if d.dips.is_empty() && r.cells.len() >= 2 {
         *md += "No accuracy dip: Val Acc never fell between consecutive cells while Val PPL improved.\n\n";
     }
-    let early: Vec<String> = d.cells.iter().filter(|c| c.stopped_early).map(|c| c.samples.to_string()).collect();
+    let early: Vec<String> = d
+        .cells
+        .iter()
+        .filter(|c| c.stopped_early)
+        .map(|c| c.samples.to_string())
+        .collect();
     if !early.is_empty() {
         *md += &format!(
             "Early stopping fired at or before epoch {EARLY_STOP_EPOCH} for {} samples (patience {}).\n",
@@ -602,7 +730,12 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             r.config.phase2_patience
         );
     }
-    let fast: Vec<String> = d.cells.iter().filter(|c| c.fast_fit).map(|c| c.samples.to_string()).collect();
+    let fast: Vec<String> = d
+        .cells
+        .iter()
+        .filter(|c| c.fast_fit)
+        .map(|c| c.samples.to_string())
+        .collect();
     if !fast.is_empty() {
         *md += &format!(
             "Train PPL fell at least {FAST_FIT_RATIO}x faster than val PPL from epoch 1 to 2 for {} samples (a sign of fitting the training data quickly; note epoch-1 train PPL averages over a still-learning model).\n",
@@ -625,14 +758,14 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         }
         if sig && fit.alpha < 0.0 {
             recs.push(format!(
-                "More tokens: PPL falls significantly with tokens ({}), so growing the training data is the most reliable lever; extending the sweep also tightens the CI{}.\n\n   `{}`",
+                "More tokens: PPL falls significantly with tokens, {}. Growing the training data is the most reliable lever; larger cells also tighten the CI{}.\n\n   `{}`",
                 alpha_sentence(fit),
                 if fit.n < 5 { " and enables the bootstrap interval (n >= 5)" } else { "" },
                 sweep_command(c, &counts)
             ));
         } else if fit.p_value.is_none() || !sig {
             recs.push(format!(
-                "More cells: the scaling fit is not conclusive ({}); add larger cells before drawing a conclusion.\n\n   `{}`",
+                "More cells: the scaling fit is not conclusive, {}. Add larger cells before drawing a conclusion.\n\n   `{}`",
                 alpha_sentence(fit),
                 sweep_command(c, &counts)
             ));
@@ -645,16 +778,29 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             .iter()
             .filter(|x| x.stopped_early)
             .map(|x| match x.stop_over_best {
-                Some(v) => format!("{} samples (stopped at epoch {}, val PPL {:+.1}% vs best)", x.samples, x.stop_epoch, v * 100.0),
+                Some(v) => format!(
+                    "{} samples (stopped at epoch {}, val PPL {:+.1}% vs best)",
+                    x.samples,
+                    x.stop_epoch,
+                    v * 100.0
+                ),
                 None => format!("{} samples (stopped at epoch {})", x.samples, x.stop_epoch),
             })
             .collect();
-        let dip_note = if d.dips.iter().any(|dip| d.cells.iter().any(|x| x.samples == dip.to_samples && x.stopped_early)) {
+        let dip_note = if d.dips.iter().any(|dip| {
+            d.cells
+                .iter()
+                .any(|x| x.samples == dip.to_samples && x.stopped_early)
+        }) {
             " The accuracy dip falls on such a cell."
         } else {
             ""
         };
-        let values = [c.phase2_patience.to_string(), (c.phase2_patience + 2).to_string(), "0".to_string()];
+        let values = [
+            c.phase2_patience.to_string(),
+            (c.phase2_patience + 2).to_string(),
+            "0".to_string(),
+        ];
         recs.push(format!(
             "Tune early stopping: patience {} fired early for {}.{dip_note} Compare a larger patience and fixed epochs (`phase2_patience = 0`):\n\n   `{}`",
             c.phase2_patience,
@@ -663,8 +809,14 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         ));
     }
 
-    let er_related = correlation_significant(&r.correlations.val_er_vs_val_ppl) || correlation_significant(&r.correlations.val_er_vs_val_acc);
-    let er_tested = r.correlations.val_er_vs_val_ppl.pearson.as_ref().is_some_and(|p| p.p_value.is_some());
+    let er_related = correlation_significant(&r.correlations.val_er_vs_val_ppl)
+        || correlation_significant(&r.correlations.val_er_vs_val_acc);
+    let er_tested = r
+        .correlations
+        .val_er_vs_val_ppl
+        .pearson
+        .as_ref()
+        .is_some_and(|p| p.p_value.is_some());
     if er_tested && !er_related {
         let other = !c.token_input_all_layers;
         recs.push(format!(
@@ -686,7 +838,10 @@ fn section_factor_table(md: &mut String, r: &SweepResults) {
     let tokens_ev = match &r.scaling {
         Some(f) => {
             let r2 = f.r2.map(|v| format!("R^2 = {v:.3}, ")).unwrap_or_default();
-            let p = f.p_value.map(p_phrase).unwrap_or_else(|| "no p-value".to_string());
+            let p = f
+                .p_value
+                .map(p_phrase)
+                .unwrap_or_else(|| "no p-value".to_string());
             format!("alpha = {:.3}, {r2}{p}, n = {}", f.alpha, f.n)
         }
         None => "no fit".to_string(),
@@ -698,7 +853,9 @@ fn section_factor_table(md: &mut String, r: &SweepResults) {
         Some(c) => corr_phrase("r(ER, PPL)", c),
         None => "not computable".to_string(),
     };
-    let er_v = if correlation_significant(pair) || correlation_significant(&r.correlations.val_er_vs_val_acc) {
+    let er_v = if correlation_significant(pair)
+        || correlation_significant(&r.correlations.val_er_vs_val_acc)
+    {
         "significant relation with performance at 5%"
     } else if pair.pearson.as_ref().and_then(|c| c.p_value).is_some() {
         "no significant relation with performance at 5%"
@@ -730,7 +887,11 @@ fn section_timings(md: &mut String, r: &SweepResults) {
         );
     }
     let total: f64 = r.cells.iter().map(|c| c.seconds.total).sum();
-    *md += &format!("\nWhole sweep: {:.1} s ({:.1} min).\n\n", total, total / 60.0);
+    *md += &format!(
+        "\nWhole sweep: {:.1} s ({:.1} min).\n\n",
+        total,
+        total / 60.0
+    );
 }
 
 fn section_epochs(md: &mut String, r: &SweepResults) {
@@ -738,8 +899,19 @@ fn section_epochs(md: &mut String, r: &SweepResults) {
     for c in r.cells.iter().filter(|c| !c.epochs.is_empty()) {
         *md += &format!("### {} samples\n\n| Epoch | Train PPL | Val PPL | Val Acc | Seconds |\n|-------|-----------|---------|---------|---------|\n", c.samples);
         for e in &c.epochs {
-            let mark = if e.epoch == c.best_epoch { " (best)" } else { "" };
-            *md += &format!("| {}{mark} | {:.1} | {:.1} | {} | {:.1} |\n", e.epoch, e.train_ppl, e.val_ppl, pct(e.val_acc), e.seconds);
+            let mark = if e.epoch == c.best_epoch {
+                " (best)"
+            } else {
+                ""
+            };
+            *md += &format!(
+                "| {}{mark} | {:.1} | {:.1} | {} | {:.1} |\n",
+                e.epoch,
+                e.train_ppl,
+                e.val_ppl,
+                pct(e.val_acc),
+                e.seconds
+            );
         }
         let stem = plots::epoch_plot_stem(c);
         *md += &format!("\n![{} samples](plots/{stem}.png)\n\n", c.samples);
@@ -752,7 +924,11 @@ pub fn render_report(results: &SweepResults) -> String {
     let d = diagnose(r);
     let mut md = String::new();
     md += "# Scaling experiment analysis: Effective Rank vs token count\n\n";
-    md += &format!("Generated by newllm on {} from {} cell(s).\n\n", now_utc(), r.cells.len());
+    md += &format!(
+        "Generated by newllm on {} from {} cell(s).\n\n",
+        now_utc(),
+        r.cells.len()
+    );
     section_conditions(&mut md, r);
     if r.cells.is_empty() {
         md += "No cells were recorded: nothing to analyse.\n";
@@ -776,7 +952,8 @@ pub fn write_report(dir: &Path, results: &SweepResults) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     plots::write_sweep_plots(&dir.join("plots"), results)?;
     let path = dir.join("report.md");
-    std::fs::write(&path, render_report(results)).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, render_report(results))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 // ---------------------------------------------------------------------------
@@ -784,13 +961,21 @@ pub fn write_report(dir: &Path, results: &SweepResults) -> Result<()> {
 
 /// Config fields whose values differ between the sides: (field, value per side).
 pub fn differing_fields(sides: &[(String, SweepResults)]) -> Vec<(String, Vec<String>)> {
-    let tables: Vec<toml::Table> = sides.iter().filter_map(|(_, r)| toml::Table::try_from(&r.config).ok()).collect();
-    let Some(first) = tables.first() else { return Vec::new() };
+    let tables: Vec<toml::Table> = sides
+        .iter()
+        .filter_map(|(_, r)| toml::Table::try_from(&r.config).ok())
+        .collect();
+    let Some(first) = tables.first() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for key in first.keys() {
         let values: Vec<Option<&toml::Value>> = tables.iter().map(|t| t.get(key)).collect();
         if values.iter().any(|v| *v != values[0]) {
-            let shown = values.iter().map(|v| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())).collect();
+            let shown = values
+                .iter()
+                .map(|v| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string()))
+                .collect();
             out.push((key.clone(), shown));
         }
     }
@@ -813,7 +998,15 @@ pub fn alpha_difference_p(a: &ScalingFit, b: &ScalingFit) -> Option<f64> {
 pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     let mut md = String::new();
     md += "# Comparison of settings on the same cells\n\n";
-    md += &format!("Generated by newllm on {}. Sides: {}.\n\n", now_utc(), sides.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", "));
+    md += &format!(
+        "Generated by newllm on {}. Sides: {}.\n\n",
+        now_utc(),
+        sides
+            .iter()
+            .map(|(n, _)| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let Some((base_name, base)) = sides.first() else {
         md += "No sides to compare.\n";
         return md;
@@ -824,7 +1017,11 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     if diffs.is_empty() {
         md += "None: every config field is equal on all sides.\n\n";
     } else {
-        md += &format!("| Field | {} |\n|-------|{}\n", names(sides, " | "), "------|".repeat(sides.len()));
+        md += &format!(
+            "| Field | {} |\n|-------|{}\n",
+            names(sides, " | "),
+            "------|".repeat(sides.len())
+        );
         for (key, values) in &diffs {
             md += &format!("| `{key}` | {} |\n", values.join(" | "));
         }
@@ -843,16 +1040,30 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     md += "\n|";
     md += &"---|".repeat(header.matches('|').count() - 1);
     md += "\n";
-    let mut samples: Vec<usize> = sides.iter().flat_map(|(_, r)| r.cells.iter().map(|c| c.samples)).collect();
+    let mut samples: Vec<usize> = sides
+        .iter()
+        .flat_map(|(_, r)| r.cells.iter().map(|c| c.samples))
+        .collect();
     samples.sort_unstable();
     samples.dedup();
     let cell = |r: &SweepResults, s: usize| r.cells.iter().find(|c| c.samples == s).cloned();
     for &s in &samples {
-        let tokens = sides.iter().find_map(|(_, r)| cell(r, s)).map(|c| thousands(c.train_tokens)).unwrap_or_default();
+        let tokens = sides
+            .iter()
+            .find_map(|(_, r)| cell(r, s))
+            .map(|c| thousands(c.train_tokens))
+            .unwrap_or_default();
         let mut row = format!("| {s} | {tokens} |");
         for (_, r) in sides {
             match cell(r, s) {
-                Some(c) => row += &format!(" {:.1} | {} | {} |", c.val_ppl, pct(c.val_acc), pct(c.val_er)),
+                Some(c) => {
+                    row += &format!(
+                        " {:.1} | {} | {} |",
+                        c.val_ppl,
+                        pct(c.val_acc),
+                        pct(c.val_er)
+                    )
+                }
                 None => row += " - | - | - |",
             }
         }
@@ -878,10 +1089,17 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     if let Some(bf) = &base.scaling {
         for (name, r) in &sides[1..] {
             let Some(fit) = &r.scaling else { continue };
-            md += &format!("- alpha `{name}` - `{base_name}` = {:+.3}", fit.alpha - bf.alpha);
+            md += &format!(
+                "- alpha `{name}` - `{base_name}` = {:+.3}",
+                fit.alpha - bf.alpha
+            );
             match alpha_difference_p(fit, bf) {
                 Some(p) => {
-                    md += &format!(" ({}, approximate t test from the two standard errors): {}.\n", p_phrase(p), verdict(Some(p)))
+                    md += &format!(
+                        " ({}, approximate t test from the two standard errors): {}.\n",
+                        p_phrase(p),
+                        verdict(Some(p))
+                    )
                 }
                 None => md += " (no test: a side has fewer than 3 cells).\n",
             }
@@ -896,7 +1114,11 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
 }
 
 fn names(sides: &[(String, SweepResults)], sep: &str) -> String {
-    sides.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(sep)
+    sides
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// Mean of ln(PPL_other / PPL_base) over cells present on both sides.
@@ -904,7 +1126,13 @@ fn mean_log_ratio(base: &SweepResults, other: &SweepResults) -> Option<f64> {
     let logs: Vec<f64> = base
         .cells
         .iter()
-        .filter_map(|b| other.cells.iter().find(|c| c.samples == b.samples).map(|c| (c.val_ppl / b.val_ppl).ln()))
+        .filter_map(|b| {
+            other
+                .cells
+                .iter()
+                .find(|c| c.samples == b.samples)
+                .map(|c| (c.val_ppl / b.val_ppl).ln())
+        })
         .filter(|v| v.is_finite())
         .collect();
     (!logs.is_empty()).then(|| logs.iter().sum::<f64>() / logs.len() as f64)
@@ -915,7 +1143,8 @@ pub fn write_compare_report(dir: &Path, sides: &[(String, SweepResults)]) -> Res
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     plots::write_compare_plot(&dir.join("plots"), sides)?;
     let path = dir.join("compare.md");
-    std::fs::write(&path, render_compare_report(sides)).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, render_compare_report(sides))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -926,7 +1155,13 @@ mod tests {
     use std::path::PathBuf;
 
     /// One cell shaped like the seed's: per-epoch (train PPL, val PPL, val acc).
-    fn cell(samples: usize, tokens: usize, er: (f64, f64), curve: &[(f64, f64, f64)], best: usize) -> CellResult {
+    fn cell(
+        samples: usize,
+        tokens: usize,
+        er: (f64, f64),
+        curve: &[(f64, f64, f64)],
+        best: usize,
+    ) -> CellResult {
         let epochs: Vec<Epoch> = curve
             .iter()
             .enumerate()
@@ -959,7 +1194,15 @@ mod tests {
             phase1_converged: true,
             phase1_final_convergence_rate: 0.97,
             phase1: Vec::new(),
-            seconds: StageSeconds { data: 1.0, phase1: 30.0, train_cache: 5.0, val_cache: 0.5, effective_rank: 2.0, phase2: 60.0, total: 98.5 },
+            seconds: StageSeconds {
+                data: 1.0,
+                phase1: 30.0,
+                train_cache: 5.0,
+                val_cache: 0.5,
+                effective_rank: 2.0,
+                phase2: 60.0,
+                total: 98.5,
+            },
             epochs,
             threads: 2,
             predicted_peak_bytes: 1 << 30,
@@ -975,28 +1218,80 @@ mod tests {
                 50,
                 56602,
                 (0.096, 0.085),
-                &[(3000., 2400., 0.05), (1900., 1900., 0.07), (1500., 1700., 0.08), (1200., 1580., 0.09), (1000., 1520., 0.095), (850., 1503.3, 0.099), (720., 1510., 0.098)],
+                &[
+                    (3000., 2400., 0.05),
+                    (1900., 1900., 0.07),
+                    (1500., 1700., 0.08),
+                    (1200., 1580., 0.09),
+                    (1000., 1520., 0.095),
+                    (850., 1503.3, 0.099),
+                    (720., 1510., 0.098),
+                ],
                 6,
             ),
             cell(
                 100,
                 110516,
                 (0.085, 0.078),
-                &[(2500., 1900., 0.08), (1400., 1400., 0.10), (1000., 1180., 0.12), (780., 1080., 0.13), (620., 1036.3, 0.137), (500., 1045., 0.136)],
+                &[
+                    (2500., 1900., 0.08),
+                    (1400., 1400., 0.10),
+                    (1000., 1180., 0.12),
+                    (780., 1080., 0.13),
+                    (620., 1036.3, 0.137),
+                    (500., 1045., 0.136),
+                ],
                 5,
             ),
-            cell(200, 216119, (0.087, 0.084), &[(1800., 1250., 0.12), (1000., 900., 0.15), (700., 790., 0.165), (500., 757.7, 0.176), (380., 770., 0.174)], 4),
-            cell(500, 529173, (0.090, 0.086), &[(918., 700., 0.13), (306., 536.0, 0.154), (190., 560., 0.150)], 2),
+            cell(
+                200,
+                216119,
+                (0.087, 0.084),
+                &[
+                    (1800., 1250., 0.12),
+                    (1000., 900., 0.15),
+                    (700., 790., 0.165),
+                    (500., 757.7, 0.176),
+                    (380., 770., 0.174),
+                ],
+                4,
+            ),
+            cell(
+                500,
+                529173,
+                (0.090, 0.086),
+                &[
+                    (918., 700., 0.13),
+                    (306., 536.0, 0.154),
+                    (190., 560., 0.150),
+                ],
+                2,
+            ),
         ]
     }
 
     /// The later `token_input_all_layers = true` sweep from the seed's context section.
     fn seed_true_cells() -> Vec<CellResult> {
-        let figures = [(50, 56602, 787.3, 0.717), (100, 110516, 648.8, 0.733), (200, 216119, 482.4, 0.740), (500, 529173, 324.5, 0.759)];
+        let figures = [
+            (50, 56602, 787.3, 0.717),
+            (100, 110516, 648.8, 0.733),
+            (200, 216119, 482.4, 0.740),
+            (500, 529173, 324.5, 0.759),
+        ];
         figures
             .iter()
             .map(|&(s, t, ppl, er)| {
-                let mut c = cell(s, t, (er + 0.01, er), &[(ppl * 2.0, ppl * 1.3, 0.15), (ppl * 1.2, ppl, 0.19), (ppl * 0.9, ppl * 1.02, 0.185)], 2);
+                let mut c = cell(
+                    s,
+                    t,
+                    (er + 0.01, er),
+                    &[
+                        (ppl * 2.0, ppl * 1.3, 0.15),
+                        (ppl * 1.2, ppl, 0.19),
+                        (ppl * 0.9, ppl * 1.02, 0.185),
+                    ],
+                    2,
+                );
                 c.config.token_input_all_layers = true;
                 c
             })
@@ -1019,13 +1314,26 @@ mod tests {
 
     fn assert_png(path: &Path) {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", path.display());
-        assert!(bytes.len() > 5000, "{} is suspiciously small", path.display());
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is not a PNG",
+            path.display()
+        );
+        assert!(
+            bytes.len() > 5000,
+            "{} is suspiciously small",
+            path.display()
+        );
     }
 
     fn assert_svg(path: &Path) {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"), "{} is not an SVG", path.display());
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            text.contains("<svg") && text.trim_end().ends_with("</svg>"),
+            "{} is not an SVG",
+            path.display()
+        );
     }
 
     #[test]
@@ -1052,9 +1360,19 @@ mod tests {
         let d = diagnose(&r);
         assert_eq!(d.dips.len(), 1);
         assert_eq!((d.dips[0].from_samples, d.dips[0].to_samples), (200, 500));
-        let early: Vec<usize> = d.cells.iter().filter(|c| c.stopped_early).map(|c| c.samples).collect();
+        let early: Vec<usize> = d
+            .cells
+            .iter()
+            .filter(|c| c.stopped_early)
+            .map(|c| c.samples)
+            .collect();
         assert_eq!(early, vec![500]);
-        let fast: Vec<usize> = d.cells.iter().filter(|c| c.fast_fit).map(|c| c.samples).collect();
+        let fast: Vec<usize> = d
+            .cells
+            .iter()
+            .filter(|c| c.fast_fit)
+            .map(|c| c.samples)
+            .collect();
         assert_eq!(fast, vec![500]);
         let c500 = &d.cells[3];
         assert!((c500.train_drop.unwrap() - 3.0).abs() < 1e-12);
@@ -1069,15 +1387,23 @@ mod tests {
         let mut cells = seed_cells();
         cells.reverse();
         let results = analyse(&Config::default(), &cells);
-        assert_eq!(results.cells.iter().map(|c| c.samples).collect::<Vec<_>>(), vec![50, 100, 200, 500]);
+        assert_eq!(
+            results.cells.iter().map(|c| c.samples).collect::<Vec<_>>(),
+            vec![50, 100, 200, 500]
+        );
         let file = dir.join("results.json");
         results.save(&file).unwrap();
         let json = std::fs::read_to_string(&file).unwrap();
-        assert!(json.contains("\"A\":") && json.contains("\"alpha_ci95\"") && !json.contains("NaN"));
+        assert!(
+            json.contains("\"A\":") && json.contains("\"alpha_ci95\"") && !json.contains("NaN")
+        );
         // serde_json may round the last bit of a float, so compare loosely.
         let back = SweepResults::load(&file).unwrap();
         assert!(back.config == results.config && back.cells.len() == 4);
-        let (a, b) = (back.scaling.as_ref().unwrap(), results.scaling.as_ref().unwrap());
+        let (a, b) = (
+            back.scaling.as_ref().unwrap(),
+            results.scaling.as_ref().unwrap(),
+        );
         assert!((a.alpha - b.alpha).abs() < 1e-12 && (a.a - b.a).abs() < 1e-6 && a.n == b.n);
         assert!((back.cells[3].epochs[1].val_ppl - 536.0).abs() < 1e-12);
 
@@ -1096,7 +1422,7 @@ mod tests {
             "token count is the dominant factor",
             "#### Why accuracy dropped at 500 samples",
             "From 200 to 500 samples Val Acc fell 17.6% -> 15.4% while Val PPL improved 757.7 -> 536.0.",
-            "Early stopping fired at epoch 3 (best epoch 2); 200 samples stopped at epoch 5",
+            "Early stopping fired at epoch 3 (best epoch 2), at or before epoch 3: it may have fired too early; val PPL at the stop was +4.5% vs best (200 samples stopped at epoch 5).",
             "train PPL fell 3.00x from epoch 1 to 2 but val PPL only 1.31x",
             "`newllm compare --vary phase2_patience=1,3,0`",
             "`newllm compare --vary token_input_all_layers=false,true`",
@@ -1109,7 +1435,14 @@ mod tests {
             assert!(md.contains(row), "report lacks {row:?}\n{md}");
         }
         assert_eq!(md.matches("Why accuracy dropped").count(), 1, "{md}");
-        for stem in ["scaling", "effective_rank", "epochs_50", "epochs_100", "epochs_200", "epochs_500"] {
+        for stem in [
+            "scaling",
+            "effective_rank",
+            "epochs_50",
+            "epochs_100",
+            "epochs_200",
+            "epochs_500",
+        ] {
             assert_svg(&dir.join("plots").join(format!("{stem}.svg")));
             assert_png(&dir.join("plots").join(format!("{stem}.png")));
         }
@@ -1120,29 +1453,81 @@ mod tests {
     fn report_without_evidence_makes_no_claims() {
         // No accuracy dip, no early stop at epoch <= 3, and a run of fixed epochs.
         let mut cells = seed_cells();
-        cells[3] = cell(500, 529173, (0.090, 0.086), &[(918., 700., 0.13), (600., 600., 0.16), (450., 560., 0.17), (380., 536.0, 0.18), (330., 545., 0.179)], 4);
-        let mut config = Config::default();
-        config.token_input_all_layers = true;
+        cells[3] = cell(
+            500,
+            529173,
+            (0.090, 0.086),
+            &[
+                (918., 700., 0.13),
+                (600., 600., 0.16),
+                (450., 560., 0.17),
+                (380., 536.0, 0.18),
+                (330., 545., 0.179),
+            ],
+            4,
+        );
+        let config = Config {
+            token_input_all_layers: true,
+            ..Config::default()
+        };
         let md = render_report(&analyse(&config, &cells));
         assert!(!md.contains("Why accuracy dropped"), "{md}");
         assert!(md.contains("No accuracy dip"), "{md}");
         assert!(!md.contains("phase2_patience="), "{md}");
         // Non-default settings travel with the suggested command.
-        assert!(md.contains("`newllm compare --vary token_input_all_layers=true,false`"), "{md}");
+        assert!(
+            md.contains("`newllm compare --vary token_input_all_layers=true,false`"),
+            "{md}"
+        );
 
         // Two cells: a fit without p-value, stated as such.
         let md = render_report(&analyse(&Config::default(), &cells[..2]));
-        assert!(md.contains("n = 2 cells): no p-value or confidence interval with fewer than 3 cells"), "{md}");
+        assert!(
+            md.contains("n = 2 cells): no p-value or confidence interval with fewer than 3 cells"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn degenerate_sweeps_still_report() {
+        let dir = scratch("edge");
+        let mut no_epochs = seed_cells()[0].clone();
+        no_epochs.epochs.clear();
+        for cells in [
+            vec![],
+            vec![seed_cells()[0].clone()],
+            vec![no_epochs],
+            seed_cells()[..2].to_vec(),
+        ] {
+            let r = analyse(&Config::default(), &cells);
+            write_report(&dir, &r).unwrap();
+            let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+            assert!(md.contains("## Conditions"), "{md}");
+            if cells.len() == 1 {
+                assert!(md.contains("Scaling coefficient: not available"), "{md}");
+            }
+        }
+        assert_png(&dir.join("plots/effective_rank.png"));
+        cleanup(&dir);
     }
 
     #[test]
     fn compare_report_side_by_side() {
         let dir = scratch("compare");
         let base = Config::default();
-        let other = Config { token_input_all_layers: true, ..Config::default() };
+        let other = Config {
+            token_input_all_layers: true,
+            ..Config::default()
+        };
         let sides = vec![
-            ("token_input_all_layers=false".to_string(), analyse(&base, &seed_cells())),
-            ("token_input_all_layers=true".to_string(), analyse(&other, &seed_true_cells())),
+            (
+                "token_input_all_layers=false".to_string(),
+                analyse(&base, &seed_cells()),
+            ),
+            (
+                "token_input_all_layers=true".to_string(),
+                analyse(&other, &seed_true_cells()),
+            ),
         ];
         write_compare_report(&dir, &sides).unwrap();
         let md = std::fs::read_to_string(dir.join("compare.md")).unwrap();

@@ -99,7 +99,9 @@ impl SweepResults {
 
     pub fn load(path: &std::path::Path) -> anyhow::Result<SweepResults> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a sweep results file", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a sweep results file", path.display()))
     }
 }
