@@ -263,6 +263,9 @@ pub struct CellDiagnosis {
     pub early_stopped: bool,
     /// Patience fired at epoch <= EARLY_STOP_EPOCH.
     pub stopped_early: bool,
+    /// Stopped early while val PPL was still within NEAR_BEST of its best:
+    /// more patience might have found a better epoch.
+    pub premature_stop: bool,
     /// Val PPL at the stop epoch / best Val PPL - 1.
     pub stop_over_best: Option<f64>,
     /// train_ppl[epoch 1] / train_ppl[epoch 2].
@@ -284,8 +287,8 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
-    pub fn any_stopped_early(&self) -> bool {
-        self.cells.iter().any(|c| c.stopped_early)
+    pub fn any_premature_stop(&self) -> bool {
+        self.cells.iter().any(|c| c.premature_stop)
     }
 }
 
@@ -320,12 +323,14 @@ fn diagnose_cell(c: &CellResult) -> CellDiagnosis {
         (Some(b), Some(l)) => l.train_loss < b.train_loss && l.val_loss > b.val_loss,
         _ => false,
     };
+    let stopped_early = c.early_stopped && c.stop_epoch <= EARLY_STOP_EPOCH;
     CellDiagnosis {
         samples: c.samples,
         best_epoch: c.best_epoch,
         stop_epoch: c.stop_epoch,
         early_stopped: c.early_stopped,
-        stopped_early: c.early_stopped && c.stop_epoch <= EARLY_STOP_EPOCH,
+        stopped_early,
+        premature_stop: stopped_early && stop_over_best.is_none_or(|v| v <= NEAR_BEST),
         stop_over_best,
         train_drop,
         val_drop,
@@ -671,21 +676,28 @@ fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         let mut reasons = Vec::new();
         if cur.early_stopped {
             let mut s = format!(
-                "Early stopping fired at epoch {} (best epoch {})",
+                "Early stopping fired at epoch {} (best epoch {}",
                 cur.stop_epoch, cur.best_epoch
             );
-            if cur.stopped_early {
+            if let Some(v) = cur.stop_over_best {
+                s += &format!(", val PPL at the stop {:+.1}% vs best", v * 100.0);
+            }
+            s += ")";
+            if cur.premature_stop {
                 s += &format!(
-                    ", at or before epoch {EARLY_STOP_EPOCH}: it may have fired too early"
+                    ": at or before epoch {EARLY_STOP_EPOCH} with validation still near its best, so it may have fired too early"
+                );
+            } else if cur.stopped_early {
+                s += ": early, but validation had clearly worsened by then";
+            }
+            s += ".";
+            if let Some(p) = prev {
+                s += &format!(
+                    " For comparison, {} samples stopped at epoch {}.",
+                    p.samples, p.stop_epoch
                 );
             }
-            if let Some(v) = cur.stop_over_best {
-                s += &format!("; val PPL at the stop was {:+.1}% vs best", v * 100.0);
-            }
-            if let Some(p) = prev {
-                s += &format!(" ({} samples stopped at epoch {})", p.samples, p.stop_epoch);
-            }
-            reasons.push(s + ".");
+            reasons.push(s);
         }
         if let (Some(t), Some(v)) = (cur.train_drop, cur.val_drop) {
             if cur.fast_fit {
@@ -772,11 +784,11 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         }
     }
 
-    if d.any_stopped_early() && c.phase2_patience > 0 {
+    if d.any_premature_stop() && c.phase2_patience > 0 {
         let cells: Vec<String> = d
             .cells
             .iter()
-            .filter(|x| x.stopped_early)
+            .filter(|x| x.premature_stop)
             .map(|x| match x.stop_over_best {
                 Some(v) => format!(
                     "{} samples (stopped at epoch {}, val PPL {:+.1}% vs best)",
@@ -790,7 +802,7 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         let dip_note = if d.dips.iter().any(|dip| {
             d.cells
                 .iter()
-                .any(|x| x.samples == dip.to_samples && x.stopped_early)
+                .any(|x| x.samples == dip.to_samples && x.premature_stop)
         }) {
             " The accuracy dip falls on such a cell."
         } else {
@@ -802,8 +814,9 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             "0".to_string(),
         ];
         recs.push(format!(
-            "Tune early stopping: patience {} fired early for {}.{dip_note} Compare a larger patience and fixed epochs (`phase2_patience = 0`):\n\n   `{}`",
+            "Tune early stopping: patience {} fired early, with validation still within {:.0}% of its best, for {}.{dip_note} Compare a larger patience and fixed epochs (`phase2_patience = 0`):\n\n   `{}`",
             c.phase2_patience,
+            NEAR_BEST * 100.0,
             cells.join(", "),
             compare_command(c, "phase2_patience", &values)
         ));
@@ -1029,12 +1042,21 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     }
 
     md += "## Per-cell results\n\n";
-    let mut header = "| Samples | Tokens |".to_string();
-    for (name, _) in sides {
-        header += &format!(" {name} Val PPL | {name} Val Acc | {name} Val ER |");
+    // Side names can be long; the table uses letters.
+    let labels: Vec<String> = (0..sides.len()).map(side_label).collect();
+    for (label, (name, _)) in labels.iter().zip(sides) {
+        md += &format!("- {label} = `{name}`\n");
     }
-    for (name, _) in &sides[1..] {
-        header += &format!(" PPL {name} vs {base_name} |");
+    md += "\n";
+    let mut header = "| Samples | Tokens |".to_string();
+    for l in &labels {
+        header += &format!(" Val PPL {l} | Val Acc {l} | Val ER {l} |");
+    }
+    for l in &labels[1..] {
+        header += &format!(
+            " PPL {l} vs {} | Acc {l} - {} | ER {l} - {} |",
+            labels[0], labels[0], labels[0]
+        );
     }
     md += &header;
     md += "\n|";
@@ -1048,12 +1070,13 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     samples.dedup();
     let cell = |r: &SweepResults, s: usize| r.cells.iter().find(|c| c.samples == s).cloned();
     for &s in &samples {
-        let tokens = sides
+        // Token counts differ between sides only when the data settings do.
+        let mut tokens: Vec<String> = sides
             .iter()
-            .find_map(|(_, r)| cell(r, s))
-            .map(|c| thousands(c.train_tokens))
-            .unwrap_or_default();
-        let mut row = format!("| {s} | {tokens} |");
+            .filter_map(|(_, r)| cell(r, s).map(|c| thousands(c.train_tokens)))
+            .collect();
+        tokens.dedup();
+        let mut row = format!("| {s} | {} |", tokens.join(" / "));
         for (_, r) in sides {
             match cell(r, s) {
                 Some(c) => {
@@ -1069,8 +1092,15 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
         }
         for (_, r) in &sides[1..] {
             match (cell(base, s), cell(r, s)) {
-                (Some(b), Some(c)) => row += &format!(" {} |", change_pct(b.val_ppl, c.val_ppl)),
-                _ => row += " - |",
+                (Some(b), Some(c)) => {
+                    row += &format!(
+                        " {} | {:+.1} points | {:+.1} points |",
+                        change_pct(b.val_ppl, c.val_ppl),
+                        (c.val_acc - b.val_acc) * 100.0,
+                        (c.val_er - b.val_er) * 100.0
+                    )
+                }
+                _ => row += " - | - | - |",
             }
         }
         md += &row;
@@ -1080,10 +1110,18 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
 
     md += "## Scaling per side\n\n";
     for (name, r) in sides {
-        match &r.scaling {
-            Some(fit) => md += &format!("- `{name}`: {}.\n", alpha_sentence(fit)),
-            None => md += &format!("- `{name}`: no scaling fit.\n"),
-        }
+        let fit = match &r.scaling {
+            Some(fit) => alpha_sentence(fit),
+            None => "no scaling fit".to_string(),
+        };
+        let er = r.cells.iter().map(|c| c.val_er);
+        let (lo, hi) = er.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let band = if r.cells.is_empty() {
+            String::new()
+        } else {
+            format!("; val ER {}-{}", pct(lo), pct(hi))
+        };
+        md += &format!("- `{name}`: {fit}{band}.\n");
     }
     md += "\n";
     if let Some(bf) = &base.scaling {
@@ -1111,6 +1149,15 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
     }
     md += "\n![compare](plots/compare_scaling.png)\n";
     md
+}
+
+/// A, B, ..., Z, then S27, S28, ...
+fn side_label(i: usize) -> String {
+    if i < 26 {
+        char::from(b'A' + i as u8).to_string()
+    } else {
+        format!("S{}", i + 1)
+    }
 }
 
 fn names(sides: &[(String, SweepResults)], sep: &str) -> String {
@@ -1352,6 +1399,35 @@ mod tests {
         assert!((critical_r(4).unwrap() - 0.95).abs() < 1e-3);
         assert_eq!(shell_word("sample_counts=[1, 2]"), "'sample_counts=[1, 2]'");
         assert_eq!(shell_word("phase2_patience=1,3,0"), "phase2_patience=1,3,0");
+        // Non-default fields travel as --set flags (the varied one excepted).
+        let quick = Config {
+            num_layers: 3,
+            embed_dim: 128,
+            context_dim: 128,
+            phase2_patience: 2,
+            device: "cuda".into(),
+            ..Config::default()
+        };
+        let cmd = compare_command(&quick, "phase2_patience", &["2".into(), "4".into()]);
+        assert!(
+            cmd.starts_with("newllm compare --vary phase2_patience=2,4 --set "),
+            "{cmd}"
+        );
+        for flag in [
+            "--set num_layers=3",
+            "--set embed_dim=128",
+            "--set context_dim=128",
+            "--set 'device=\"cuda\"'",
+        ] {
+            assert!(cmd.contains(flag), "{cmd} lacks {flag}");
+        }
+        assert_eq!(cmd.matches("--set").count(), 4, "{cmd}");
+        let cmd = sweep_command(&quick, &[10, 20]);
+        assert!(
+            cmd.starts_with("newllm sweep --set 'sample_counts=[10, 20]' --set "),
+            "{cmd}"
+        );
+        assert!(cmd.contains("--set phase2_patience=2"), "{cmd}");
     }
 
     #[test]
@@ -1422,7 +1498,7 @@ mod tests {
             "token count is the dominant factor",
             "#### Why accuracy dropped at 500 samples",
             "From 200 to 500 samples Val Acc fell 17.6% -> 15.4% while Val PPL improved 757.7 -> 536.0.",
-            "Early stopping fired at epoch 3 (best epoch 2), at or before epoch 3: it may have fired too early; val PPL at the stop was +4.5% vs best (200 samples stopped at epoch 5).",
+            "Early stopping fired at epoch 3 (best epoch 2, val PPL at the stop +4.5% vs best): at or before epoch 3 with validation still near its best, so it may have fired too early. For comparison, 200 samples stopped at epoch 5.",
             "train PPL fell 3.00x from epoch 1 to 2 but val PPL only 1.31x",
             "`newllm compare --vary phase2_patience=1,3,0`",
             "`newllm compare --vary token_input_all_layers=false,true`",
@@ -1474,11 +1550,36 @@ mod tests {
         assert!(!md.contains("Why accuracy dropped"), "{md}");
         assert!(md.contains("No accuracy dip"), "{md}");
         assert!(!md.contains("phase2_patience="), "{md}");
-        // Non-default settings travel with the suggested command.
+        // The varied field is not repeated as a --set flag.
         assert!(
             md.contains("`newllm compare --vary token_input_all_layers=true,false`"),
             "{md}"
         );
+
+        // Stopped at epoch 3, but val had worsened by 12%: stopping was
+        // justified, so no patience recommendation.
+        let mut cells = seed_cells();
+        cells[3] = cell(
+            500,
+            529173,
+            (0.090, 0.086),
+            &[
+                (918., 700., 0.13),
+                (306., 536.0, 0.154),
+                (190., 600., 0.150),
+            ],
+            2,
+        );
+        let md = render_report(&analyse(&Config::default(), &cells));
+        assert!(
+            md.contains("#### Why accuracy dropped at 500 samples"),
+            "{md}"
+        );
+        assert!(
+            md.contains("early, but validation had clearly worsened by then"),
+            "{md}"
+        );
+        assert!(!md.contains("phase2_patience="), "{md}");
 
         // Two cells: a fit without p-value, stated as such.
         let md = render_report(&analyse(&Config::default(), &cells[..2]));
@@ -1533,10 +1634,13 @@ mod tests {
         let md = std::fs::read_to_string(dir.join("compare.md")).unwrap();
         for want in [
             "| `token_input_all_layers` | false | true |",
-            "| 50 | 56,602 | 1503.3 | 9.9% | 8.5% | 787.3 | 19.0% | 71.7% | -47.6% |",
-            "| 500 | 529,173 | 536.0 | 15.4% | 8.6% | 324.5 | 19.0% | 75.9% | -39.5% |",
+            "- B = `token_input_all_layers=true`",
+            "| Samples | Tokens | Val PPL A | Val Acc A | Val ER A | Val PPL B | Val Acc B | Val ER B | PPL B vs A | Acc B - A | ER B - A |",
+            "| 50 | 56,602 | 1503.3 | 9.9% | 8.5% | 787.3 | 19.0% | 71.7% | -47.6% | +9.1 points | +63.2 points |",
+            "| 500 | 529,173 | 536.0 | 15.4% | 8.6% | 324.5 | 19.0% | 75.9% | -39.5% | +3.6 points | +67.3 points |",
             "`token_input_all_layers=false`: alpha = -0.459 (95% CI [-0.579, -0.339]",
             "`token_input_all_layers=true`: alpha = -0.403 (",
+            "significant at 5%; val ER 71.7%-75.9%.",
             "alpha `token_input_all_layers=true` - `token_input_all_layers=false` = +0.057",
             "not significant at 5%",
         ] {
