@@ -422,11 +422,22 @@ fn section_conditions(md: &mut String, r: &SweepResults) {
     } else {
         format!("`{}`", c.corpus)
     };
-    let counts: Vec<String> = r.cells.iter().map(|c| c.samples.to_string()).collect();
+    let join = |v: &[usize]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let done: Vec<usize> = r.cells.iter().map(|c| c.samples).collect();
+    // A partial sweep (results saved after each cell) names what is missing.
+    let counts = if done == c.sample_counts {
+        join(&done)
+    } else {
+        format!("{} (configured: {})", join(&done), join(&c.sample_counts))
+    };
     *md += &format!(
-        "- Data: {corpus}; validation = last {} of each cell's token stream; sample counts {}\n",
+        "- Data: {corpus}; validation = last {} of each cell's token stream; sample counts {counts}\n",
         pct(c.val_fraction),
-        counts.join(", ")
     );
     let mut threads: Vec<usize> = r.cells.iter().map(|c| c.threads).collect();
     threads.dedup();
@@ -470,6 +481,10 @@ fn section_summary(md: &mut String, r: &SweepResults) {
                 *md += &format!(", standard error of alpha {se:.4}");
             }
             *md += ".";
+            let left_out = r.cells.len().saturating_sub(fit.n);
+            if left_out > 0 {
+                *md += &format!(" {left_out} cell(s) without a finite, positive Val PPL are left out of the fit.");
+            }
             if let Some([lo, hi]) = fit.bootstrap_ci95 {
                 *md += &format!(
                     " Bootstrap 95% interval over cells ({} resamples): [{lo:.3}, {hi:.3}].",
@@ -1581,8 +1596,12 @@ mod tests {
         );
         assert!(!md.contains("phase2_patience="), "{md}");
 
-        // Two cells: a fit without p-value, stated as such.
+        // Two cells of a partial sweep: a fit without p-value, stated as such.
         let md = render_report(&analyse(&Config::default(), &cells[..2]));
+        assert!(
+            md.contains("sample counts 50, 100 (configured: 50, 100, 200, 500)"),
+            "{md}"
+        );
         assert!(
             md.contains("n = 2 cells): no p-value or confidence interval with fewer than 3 cells"),
             "{md}"

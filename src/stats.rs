@@ -407,15 +407,25 @@ pub struct Correlations {
 pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
     let mut cells = cells.to_vec();
     cells.sort_by_key(|c| (c.samples, c.train_tokens));
-    let tokens: Vec<f64> = cells.iter().map(|c| c.train_tokens as f64).collect();
-    let ppl: Vec<f64> = cells.iter().map(|c| c.val_ppl).collect();
-    let acc: Vec<f64> = cells.iter().map(|c| c.val_acc).collect();
-    let er: Vec<f64> = cells.iter().map(|c| c.val_er).collect();
-    let log_tokens: Vec<f64> = tokens.iter().map(|t| t.max(1.0).ln()).collect();
+    // A diverged cell (infinite or NaN PPL) is left out rather than voiding
+    // the whole analysis; the report states how many cells each figure used.
+    let fit_cells: Vec<&CellResult> = cells
+        .iter()
+        .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
+        .collect();
+    let tokens: Vec<f64> = fit_cells.iter().map(|c| c.train_tokens as f64).collect();
+    let ppl: Vec<f64> = fit_cells.iter().map(|c| c.val_ppl).collect();
+    let column = |f: fn(&CellResult) -> f64| cells.iter().map(f).collect::<Vec<f64>>();
+    let log_tokens = column(|c| (c.train_tokens as f64).max(1.0).ln());
+    let (er, acc, all_ppl) = (
+        column(|c| c.val_er),
+        column(|c| c.val_acc),
+        column(|c| c.val_ppl),
+    );
     let correlations = Correlations {
-        val_er_vs_val_ppl: correlation_pair(&er, &ppl),
-        val_er_vs_val_acc: correlation_pair(&er, &acc),
-        log_tokens_vs_val_acc: correlation_pair(&log_tokens, &acc),
+        val_er_vs_val_ppl: finite_pair(&er, &all_ppl),
+        val_er_vs_val_acc: finite_pair(&er, &acc),
+        log_tokens_vs_val_acc: finite_pair(&log_tokens, &acc),
     };
     SweepResults {
         config: config.clone(),
@@ -423,6 +433,17 @@ pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
         correlations,
         cells,
     }
+}
+
+/// Correlations over the positions where both values are finite.
+fn finite_pair(x: &[f64], y: &[f64]) -> CorrelationPair {
+    let (fx, fy): (Vec<f64>, Vec<f64>) = x
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .map(|(a, b)| (*a, *b))
+        .unzip();
+    correlation_pair(&fx, &fy)
 }
 
 #[cfg(test)]
@@ -558,6 +579,36 @@ mod tests {
         let [lo, hi] = fit.bootstrap_ci95.unwrap();
         assert!(close(lo, -0.5, 1e-9) && close(hi, -0.5, 1e-9));
         assert!(fit.p_value.unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn analyse_skips_diverged_cells() {
+        let cells: Vec<CellResult> = [
+            (500, 529173, f64::INFINITY),
+            (50, 56602, 1503.3),
+            (200, 216119, 757.7),
+            (100, 110516, 1036.3),
+        ]
+        .iter()
+        .map(|&(samples, train_tokens, val_ppl)| CellResult {
+            samples,
+            train_tokens,
+            val_ppl,
+            val_er: 0.08 + samples as f64 * 1e-5,
+            val_acc: 0.1,
+            ..CellResult::default()
+        })
+        .collect();
+        let r = analyse(&Config::default(), &cells);
+        let order: Vec<usize> = r.cells.iter().map(|c| c.samples).collect();
+        assert_eq!(order, vec![50, 100, 200, 500]);
+        let fit = r.scaling.clone().unwrap();
+        assert_eq!(fit.n, 3);
+        assert!(fit.alpha < -0.4 && fit.alpha > -0.6, "{}", fit.alpha);
+        assert_eq!(r.correlations.val_er_vs_val_ppl.pearson.unwrap().n, 3);
+        // Constant accuracy: no correlation rather than NaN.
+        assert_eq!(r.correlations.val_er_vs_val_acc.pearson, None);
+        assert!(!serde_json::to_string(&r.scaling).unwrap().contains("NaN"));
     }
 
     #[test]
