@@ -79,20 +79,26 @@ fn beta_continued_fraction(a: f64, b: f64, x: f64) -> f64 {
 
 /// Regularised incomplete beta function I_x(a, b), a, b > 0, x in [0, 1].
 pub fn reg_inc_beta(a: f64, b: f64, x: f64) -> f64 {
+    reg_inc_beta_xy(a, b, x, 1.0 - x)
+}
+
+/// I_x(a, b) with y = 1 - x supplied by the caller: when x is close to 1,
+/// `1.0 - x` loses digits that the caller can often compute exactly.
+fn reg_inc_beta_xy(a: f64, b: f64, x: f64, y: f64) -> f64 {
     if x <= 0.0 {
         return 0.0;
     }
-    if x >= 1.0 {
+    if y <= 0.0 {
         return 1.0;
     }
-    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * y.ln();
     let front = ln_front.exp();
     // The fraction converges fast only on one side; use the symmetry
     // I_x(a, b) = 1 - I_{1-x}(b, a) on the other.
     if x < (a + 1.0) / (a + b + 2.0) {
         front * beta_continued_fraction(a, b, x) / a
     } else {
-        1.0 - front * beta_continued_fraction(b, a, 1.0 - x) / b
+        1.0 - front * beta_continued_fraction(b, a, y) / b
     }
 }
 
@@ -102,7 +108,8 @@ pub fn student_t_two_sided_p(t: f64, dof: f64) -> f64 {
         return 0.0;
     }
     // P(|T| >= t) = I_{dof/(dof+t^2)}(dof/2, 1/2), without the 1 - cdf cancellation.
-    reg_inc_beta(dof / 2.0, 0.5, dof / (dof + t * t))
+    let t2 = t * t;
+    reg_inc_beta_xy(dof / 2.0, 0.5, dof / (dof + t2), t2 / (dof + t2))
 }
 
 /// Student-t cumulative distribution function P(T <= t).
