@@ -505,6 +505,19 @@ mod tests {
             1e-9
         ));
         assert_eq!(student_t_quantile(0.5, 7.0), 0.0);
+        // Non-integer dof, and a quantile near the median (needs 1 - x exactly).
+        assert!(close(
+            student_t_cdf(1.5, 2.5),
+            0.876_081_773_456_851_9,
+            1e-12
+        ));
+        assert!(close(
+            student_t_cdf(-3.0, 0.5),
+            0.183_654_077_992_971_7,
+            1e-12
+        ));
+        let q = student_t_quantile(0.5001, 1000.0);
+        assert!(close(q / 2.507_255_036_228_889e-4, 1.0, 1e-8), "{q}");
         assert!(close(
             ln_gamma(0.5),
             std::f64::consts::PI.sqrt().ln(),
