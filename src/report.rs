@@ -211,8 +211,19 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
         .or(pair.spearman.as_ref())
         .map(|c| c.n)
         .unwrap_or(0);
-    let v = if correlation_significant(pair) {
-        "significant at 5%"
+    let sig = |c: &Option<Correlation>| {
+        c.as_ref()
+            .and_then(|c| c.p_value)
+            .is_some_and(|p| p < SIGNIFICANCE)
+    };
+    // Say which coefficient carries a positive verdict: two tests at 5%
+    // find "something" more often than one.
+    let v = if sig(&pair.pearson) && sig(&pair.spearman) {
+        "significant at 5% (both coefficients)"
+    } else if sig(&pair.pearson) {
+        "significant at 5% by Pearson only"
+    } else if sig(&pair.spearman) {
+        "significant at 5% by Spearman only"
     } else if pair.pearson.as_ref().and_then(|c| c.p_value).is_none() {
         "significance not testable"
     } else {
@@ -373,7 +384,7 @@ fn section_conditions(md: &mut String, r: &SweepResults) {
     } else {
         let dims: Vec<String> = c.context_dims().iter().map(|d| d.to_string()).collect();
         format!(
-            "\"arithmetic decrease\" (`token_input_all_layers = false`): token input at the first ContextBlock layer only; widths {}",
+            "\"arithmetic decrease\" (`token_input_all_layers = false`): token input at the first ContextBlock layer only; widths d_0..d_L {}",
             dims.join(" -> ")
         )
     };
