@@ -798,7 +798,7 @@ fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             recs.push(format!(
                 "More tokens: PPL falls significantly with tokens, {}. Growing the training data is the most reliable lever; larger cells also tighten the CI{}.\n\n   `{}`",
                 alpha_sentence(fit),
-                if fit.n < 5 { " and enables the bootstrap interval (n >= 5)" } else { "" },
+                if fit.n < 5 { " and enable the bootstrap interval (n >= 5)" } else { "" },
                 sweep_command(c, &counts)
             ));
         } else if fit.p_value.is_none() || !sig {
@@ -888,9 +888,17 @@ fn section_factor_table(md: &mut String, r: &SweepResults) {
     let tokens_v = verdict(r.scaling.as_ref().and_then(|f| f.p_value));
     *md += &format!("| Token count | {tokens_ev} | {tokens_v} |\n");
     let pair = &r.correlations.val_er_vs_val_ppl;
-    let er_ev = match &pair.pearson {
-        Some(c) => corr_phrase("r(ER, PPL)", c),
-        None => "not computable".to_string(),
+    let er_ev: Vec<String> = [
+        ("r(ER, PPL)", &pair.pearson),
+        ("r(ER, Acc)", &r.correlations.val_er_vs_val_acc.pearson),
+    ]
+    .iter()
+    .filter_map(|(name, c)| c.as_ref().map(|c| corr_phrase(name, c)))
+    .collect();
+    let er_ev = if er_ev.is_empty() {
+        "not computable".to_string()
+    } else {
+        er_ev.join(", ")
     };
     let er_v = if correlation_significant(pair)
         || correlation_significant(&r.correlations.val_er_vs_val_acc)
@@ -1527,6 +1535,7 @@ mod tests {
             "Early stopping fired at epoch 3 (best epoch 2, val PPL at the stop +4.5% vs best): at or before epoch 3 with validation still near its best, so it may have fired too early. For comparison, 200 samples stopped at epoch 5.",
             "train PPL fell 3.00x from epoch 1 to 2 but val PPL only 1.31x",
             "`newllm compare --vary phase2_patience=1,3,0`",
+            "| Effective Rank | r(ER, PPL) = -0.17 (p = 0.83), r(ER, Acc) = 0.03 (p = 0.97) | no significant relation with performance at 5% |",
             "`newllm compare --vary token_input_all_layers=false,true`",
             "`newllm sweep --set 'sample_counts=[50, 100, 200, 500, 1000, 2000]'`",
             "| 500 | 1.0 | 30.0 | 5.0 | 0.5 | 2.0 | 60.0 | 98.5 | 12 | yes (97.0%) |",
