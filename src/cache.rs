@@ -61,6 +61,7 @@ pub fn train_cache(
 /// Recomputes every ContextBlock layer output for positions
 /// `start..start + rows` from a cache source into `acts`; `ctx_in` and `x`
 /// are caller buffers (rows x C, rows x kE) that end up holding the inputs.
+#[allow(clippy::too_many_arguments)]
 pub fn recompute_layers(
     model: &Model,
     ids: &[u32],

@@ -21,8 +21,15 @@ use std::time::Instant;
 /// (C per token) and the head's logits; the model and optimiser state stay.
 pub fn predict_peak_bytes(model: &Model, n: usize, m: usize) -> u64 {
     let cfg = &model.cfg;
-    let (v, e, c) = (cfg.vocab_size as u64, cfg.embed_dim as u64, cfg.context_dim as u64);
-    let model_bytes = 4 * (2 * v * e + model.context.params.data.len() as u64 + model.token.params.data.len() as u64);
+    let (v, e, c) = (
+        cfg.vocab_size as u64,
+        cfg.embed_dim as u64,
+        cfg.context_dim as u64,
+    );
+    let model_bytes = 4
+        * (2 * v * e
+            + model.context.params.data.len() as u64
+            + model.token.params.data.len() as u64);
     let baseline = 64 << 20; // binary, tokenizer tables, allocator slack
     let ids = 4 * (n + m) as u64;
     let phase1 = Phase1::bytes(model, n);
@@ -73,9 +80,16 @@ impl CellPaths {
 pub fn check_split(cfg: &Config, split: &Split) -> Result<()> {
     for (name, ids) in [("training", &split.train), ("validation", &split.val)] {
         if ids.len() < 2 {
-            bail!("the {name} stream has {} tokens; at least 2 are needed (use more samples)", ids.len());
+            bail!(
+                "the {name} stream has {} tokens; at least 2 are needed (use more samples)",
+                ids.len()
+            );
         }
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= cfg.vocab_size)
+        {
             bail!("{name} token {i} has id {id} >= vocab_size {} (the tokenizer and vocab_size disagree)", cfg.vocab_size);
         }
     }
@@ -104,7 +118,8 @@ fn log_line(path: &Path, value: &serde_json::Value) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -115,7 +130,11 @@ pub fn save_checkpoint(model: &Model, path: &Path) -> Result<()> {
         .iter()
         .map(|(name, shape, data)| {
             let bytes: &[u8] = bytemuck_f32(data);
-            (name.clone(), TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).expect("shape matches data"))
+            (
+                name.clone(),
+                TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape matches data"),
+            )
         })
         .collect();
     let mut meta = std::collections::HashMap::new();
@@ -131,22 +150,41 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
 
 /// Loads a checkpoint written by `save_checkpoint`: its config and weights.
 pub fn load_checkpoint(path: &Path) -> Result<Model> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let cfg_text = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("config"))
         .with_context(|| format!("{} has no newllm config in its metadata", path.display()))?;
-    let cfg: Config = serde_json::from_str(cfg_text).with_context(|| format!("{}: config metadata is invalid", path.display()))?;
+    let cfg: Config = serde_json::from_str(cfg_text)
+        .with_context(|| format!("{}: config metadata is invalid", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
-    let mut model = Model::new(&Config { pretrained_embeddings: String::new(), ..cfg.clone() }, None)?;
+    let mut model = Model::new(
+        &Config {
+            pretrained_embeddings: String::new(),
+            ..cfg.clone()
+        },
+        None,
+    )?;
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+            bail!(
+                "{}: tensor {name} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
         }
-        let vals: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        model.set_param(&name, &vals).with_context(|| format!("checkpoint {}", path.display()))?;
+        let vals: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        model
+            .set_param(&name, &vals)
+            .with_context(|| format!("checkpoint {}", path.display()))?;
     }
     model.cfg = cfg;
     Ok(model)
@@ -158,7 +196,10 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
     let t_all = Instant::now();
     let threads = crate::ops::set_threads(cfg.threads);
     if cfg.device != "cpu" {
-        bail!("device {:?} is not available in this build; run with --set device=cpu", cfg.device);
+        bail!(
+            "device {:?} is not available in this build; run with --set device=cpu",
+            cfg.device
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let paths = CellPaths::new(dir, samples);
@@ -171,7 +212,11 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
     let embedding = if cfg.pretrained_embeddings.is_empty() {
         None
     } else {
-        Some(load_pretrained_embeddings(Path::new(&cfg.pretrained_embeddings), cfg.vocab_size, cfg.embed_dim)?)
+        Some(load_pretrained_embeddings(
+            Path::new(&cfg.pretrained_embeddings),
+            cfg.vocab_size,
+            cfg.embed_dim,
+        )?)
     };
     secs.data = t.elapsed().as_secs_f64();
     let (n, m) = (split.train.len(), split.val.len());
@@ -207,7 +252,10 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
             100.0 * it.convergence_rate,
             it.seconds
         );
-        let _ = log_line(&log, &serde_json::json!({"stage": "phase1", "iteration": it}));
+        let _ = log_line(
+            &log,
+            &serde_json::json!({"stage": "phase1", "iteration": it}),
+        );
     })
     .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
     secs.phase1 = t.elapsed().as_secs_f64();
@@ -237,8 +285,14 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
 
     // ---- Phase 2
     let t = Instant::now();
-    let ts = Stream { ids: &split.train, src: &train_src };
-    let vs = Stream { ids: &split.val, src: &val_src };
+    let ts = Stream {
+        ids: &split.train,
+        src: &train_src,
+    };
+    let vs = Stream {
+        ids: &split.val,
+        src: &val_src,
+    };
     let p2 = phase2::run(&mut model, &ts, &vs, &mut |e| {
         eprintln!(
             "  phase2 epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
@@ -283,7 +337,10 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
         measured_peak_bytes: peak_rss().unwrap_or(0),
         config: cfg.clone(),
     };
-    write_atomic(&paths.result, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    write_atomic(
+        &paths.result,
+        serde_json::to_string_pretty(&result)?.as_bytes(),
+    )?;
     Ok(result)
 }
 

@@ -21,7 +21,7 @@ pub fn generate(model: &Model, tok: &Tokenizer, prompt: &str, s: &Sampling) -> R
     if ids.is_empty() {
         bail!("the prompt is empty after tokenization; give some text with --prompt");
     }
-    if !(s.temperature >= 0.0) {
+    if s.temperature.is_nan() || s.temperature < 0.0 {
         bail!("--temperature must be >= 0, got {}", s.temperature);
     }
     let (c, v) = (cfg.context_dim, cfg.vocab_size);
@@ -48,7 +48,10 @@ pub fn generate(model: &Model, tok: &Tokenizer, prompt: &str, s: &Sampling) -> R
 }
 
 fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
-    let argmax = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
     if s.temperature == 0.0 {
         return argmax;
     }
@@ -58,7 +61,10 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
         order.truncate(s.top_k);
     }
     let max = logits[argmax] as f64;
-    let w: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / s.temperature).exp()).collect();
+    let w: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / s.temperature).exp())
+        .collect();
     let mut u = rng.uniform() * w.iter().sum::<f64>();
     for (i, wi) in order.iter().zip(&w) {
         if u < *wi {

@@ -3,14 +3,18 @@
 //! algorithm; module names follow its sections.
 
 pub mod cache;
+pub mod cell;
 pub mod config;
 pub mod data;
+pub mod generate;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod phase1;
 pub mod phase2;
+pub mod plots;
+pub mod report;
 pub mod results;
 pub mod rng;
-pub mod cell;
-pub mod generate;
+pub mod stats;
+pub mod sweep;

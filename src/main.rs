@@ -7,7 +7,11 @@ use newllm::config::Config;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "newllm", version, about = "New-LLM: fixed-point context learning and its scaling experiments")]
+#[command(
+    name = "newllm",
+    version,
+    about = "New-LLM: fixed-point context learning and its scaling experiments"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,6 +58,32 @@ enum Cmd {
         #[arg(long, default_value = "runs/train")]
         out: PathBuf,
     },
+    /// Run the scaling sweep: one cell per sample count, resumable; writes
+    /// DIR/results.json, DIR/report.md and plots.
+    Sweep {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long, default_value = "runs/sweep")]
+        out: PathBuf,
+        /// Run only this cell (0-based index into sample_counts), e.g. one Slurm array task each.
+        #[arg(long)]
+        cell: Option<usize>,
+    },
+    /// Merge the finished cells of a sweep directory into results.json and report.md.
+    Report { dir: PathBuf },
+    /// The same cells under two or more settings (identical data and seeds), one side-by-side report.
+    Compare {
+        #[command(flatten)]
+        run: RunArgs,
+        /// key=v1,v2[,...]: one side per value, e.g. token_input_all_layers=true,false.
+        #[arg(long, conflicts_with = "presets")]
+        vary: Option<String>,
+        /// Two or more presets (names or .toml files), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        presets: Vec<String>,
+        #[arg(long, default_value = "runs/compare")]
+        out: PathBuf,
+    },
     /// Corpus tools.
     Data {
         #[command(subcommand)]
@@ -92,6 +122,29 @@ enum DataCmd {
     },
 }
 
+/// The seed's summary table and scaling line on stdout.
+fn print_sweep(r: &newllm::results::SweepResults, dir: &std::path::Path) {
+    println!("| Samples | Tokens | Val PPL | Val Acc | Train ER | Val ER | best/stop epoch |");
+    println!("|---|---|---|---|---|---|---|");
+    for c in &r.cells {
+        println!(
+            "| {} | {} | {:.1} | {:.1}% | {:.1}% | {:.1}% | {}/{} |",
+            c.samples,
+            c.train_tokens,
+            c.val_ppl,
+            100.0 * c.val_acc,
+            100.0 * c.train_er,
+            100.0 * c.val_er,
+            c.best_epoch,
+            c.stop_epoch
+        );
+    }
+    if let Some(f) = &r.scaling {
+        println!("{}", newllm::report::alpha_sentence(f));
+    }
+    println!("report: {}", dir.join("report.md").display());
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -103,7 +156,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train { run, samples, out } => {
             let cfg = run.config()?;
-            let samples = samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
+            let samples =
+                samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
             let r = run_cell(&cfg, samples, &out, &run.cache_dir)?;
             println!("{}", cell::summary_line(&r));
             let s = &r.seconds;
@@ -119,17 +173,90 @@ fn run(cli: Cli) -> Result<()> {
                 cell::gib(r.measured_peak_bytes),
                 cell::gib(r.predicted_peak_bytes)
             );
-            println!("result: {}", cell::CellPaths::new(&out, samples).result.display());
+            println!(
+                "result: {}",
+                cell::CellPaths::new(&out, samples).result.display()
+            );
         }
-        Cmd::Data { cmd: DataCmd::Inspect { corpus, samples, val_fraction, cache_dir } } => {
-            let text = newllm::data::inspect_with(corpus.as_deref().unwrap_or(""), &samples, val_fraction, &cache_dir)?;
+        Cmd::Sweep { run, out, cell } => {
+            let cfg = run.config()?;
+            let t0 = std::time::Instant::now();
+            if let Some(r) = newllm::sweep::run_sweep(&cfg, &out, &run.cache_dir, cell)? {
+                print_sweep(&r, &out);
+                println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
+            }
+        }
+        Cmd::Report { dir } => {
+            let r = newllm::sweep::report_dir(&dir)?;
+            print_sweep(&r, &dir);
+        }
+        Cmd::Compare {
+            run,
+            vary,
+            presets,
+            out,
+        } => {
+            let sides = match vary {
+                Some(v) => newllm::sweep::vary_sides(&run.config()?, &v)?,
+                None => {
+                    if presets.len() < 2 {
+                        anyhow::bail!(
+                            "compare needs --vary key=v1,v2 or --presets a,b (two or more)"
+                        );
+                    }
+                    presets
+                        .iter()
+                        .map(|p| {
+                            RunArgs {
+                                preset: p.clone(),
+                                ..run.clone()
+                            }
+                            .config()
+                            .map(|c| (p.clone(), c))
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                }
+            };
+            newllm::sweep::run_compare(&sides, &out, &run.cache_dir)?;
+            println!("comparison: {}", out.join("compare.md").display());
+        }
+        Cmd::Data {
+            cmd:
+                DataCmd::Inspect {
+                    corpus,
+                    samples,
+                    val_fraction,
+                    cache_dir,
+                },
+        } => {
+            let text = newllm::data::inspect_with(
+                corpus.as_deref().unwrap_or(""),
+                &samples,
+                val_fraction,
+                &cache_dir,
+            )?;
             print!("{text}");
         }
-        Cmd::Generate { checkpoint, prompt, max_tokens, temperature, top_k, seed } => {
+        Cmd::Generate {
+            checkpoint,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            seed,
+        } => {
             let model = cell::load_checkpoint(&checkpoint)?;
             let tok = newllm::data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
-            let s = newllm::generate::Sampling { max_tokens, temperature, top_k, seed };
-            println!("{prompt}{}", newllm::generate::generate(&model, &tok, &prompt, &s)?);
+            let s = newllm::generate::Sampling {
+                max_tokens,
+                temperature,
+                top_k,
+                seed,
+            };
+            println!(
+                "{prompt}{}",
+                newllm::generate::generate(&model, &tok, &prompt, &s)?
+            );
         }
     }
     Ok(())

@@ -204,10 +204,10 @@ fn layer_forward(p: &[f32], l: &Layer, a: &[f32], b: &[f32], rows: usize, acts: 
 
 /// Splits `buf` into disjoint mutable slices at the given (offset, len) pairs,
 /// which must be sorted by offset and non-overlapping.
-fn disjoint_mut<'a, const N: usize>(
-    mut buf: &'a mut [f32],
+fn disjoint_mut<const N: usize>(
+    mut buf: &mut [f32],
     ranges: [(usize, usize); N],
-) -> [&'a mut [f32]; N] {
+) -> [&mut [f32]; N] {
     let mut consumed = 0;
     ranges.map(|(off, len)| {
         let rest = std::mem::take(&mut buf);

@@ -273,7 +273,10 @@ pub fn cross_entropy(logits: &mut [f32], targets: &[u32], grad: bool) -> (f64, u
                 row.iter_mut().for_each(|x| *x *= scale);
                 row[t] -= inv_rows;
             }
-            (sum.ln() - (target_logit - max) as f64, usize::from(best == t))
+            (
+                sum.ln() - (target_logit - max) as f64,
+                usize::from(best == t),
+            )
         })
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }

@@ -1,0 +1,566 @@
+//! Plots for the sweep report, each written as SVG and PNG: the log-log
+//! scaling plot with its fitted line, Effective Rank per cell, per-cell
+//! Phase-2 epoch curves, and the compare overlay of several sweeps.
+//!
+//! PNG text needs a font file: DejaVu Sans (Bitstream Vera licence, see
+//! assets/fonts/) is compiled in and registered as "sans-serif".
+
+use crate::results::{CellResult, SweepResults};
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+const SERIES_COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
+
+/// Registers the embedded font once; every later call returns the same outcome.
+fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("the embedded DejaVu Sans font could not be loaded"))
+    }
+}
+
+/// Drawing errors carry backend-specific types; keep their text only.
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plotting failed: {e:?}")
+}
+
+/// Something that can draw itself on any plotters backend.
+trait Plot {
+    fn size(&self) -> (u32, u32) {
+        (800, 600)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+/// Writes `STEM.svg` and `STEM.png`; returns both paths.
+fn render(plot: &impl Plot, stem: &Path) -> Result<Vec<PathBuf>> {
+    ensure_font()?;
+    let svg = stem.with_extension("svg");
+    let png = stem.with_extension("png");
+    {
+        let root = SVGBackend::new(&svg, plot.size()).into_drawing_area();
+        plot.draw(&root)?;
+        root.present().map_err(plot_err)?;
+    }
+    {
+        let root = BitMapBackend::new(&png, plot.size()).into_drawing_area();
+        plot.draw(&root)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(vec![svg, png])
+}
+
+/// 56602 -> "57K", 1.2e6 -> "1.2M": readable tick labels on token axes.
+pub fn short_number(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.0}K", v / 1e3)
+    } else if a >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Log-axis bounds with some room around the data.
+fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        return (1.0, 10.0);
+    }
+    (lo / 1.3, hi * 1.3)
+}
+
+/// A log axis whose ticks are 1-2-5 (or 1..9) times powers of ten.
+/// plotters' own log axis only labels powers of ten, so a PPL range of
+/// 400-2000 would get a single "1K" label.
+#[derive(Clone)]
+struct LogAxis {
+    lo: f64,
+    hi: f64,
+}
+
+impl LogAxis {
+    /// Values m * 10^k inside the range, for each mantissa m.
+    fn ticks(&self, mantissas: &[f64]) -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut decade = 10f64.powf(self.lo.log10().floor());
+        while decade <= self.hi {
+            for m in mantissas {
+                let v = m * decade;
+                if v >= self.lo && v <= self.hi {
+                    out.push(v);
+                }
+            }
+            decade *= 10.0;
+        }
+        out
+    }
+}
+
+impl Ranged for LogAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let t = (value.ln() - self.lo.ln()) / (self.hi.ln() - self.lo.ln());
+        limit.0 + (t * (limit.1 - limit.0) as f64).round() as i32
+    }
+
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        let all = self.ticks(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+        if hint.weight().allow_light_points() {
+            return all;
+        }
+        // The densest tick set that fits the hint, keeping at least two labels.
+        let max = hint.max_num_points();
+        for set in [&all, &self.ticks(&[1.0, 2.0, 5.0]), &self.ticks(&[1.0])] {
+            if set.len() <= max {
+                return set.clone();
+            }
+        }
+        Vec::new()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// The part of the power law y = a x^alpha lying inside the plot box, as
+/// its two end points (a straight line on log-log axes).
+fn fitted_segment(a: f64, alpha: f64, x: &LogAxis, y: &LogAxis) -> Option<[(f64, f64); 2]> {
+    let (mut lx0, mut lx1) = (x.lo.ln(), x.hi.ln());
+    if alpha != 0.0 {
+        // ln x where the line meets the bottom and the top of the box.
+        let xa = (y.lo.ln() - a.ln()) / alpha;
+        let xb = (y.hi.ln() - a.ln()) / alpha;
+        lx0 = lx0.max(xa.min(xb));
+        lx1 = lx1.min(xa.max(xb));
+    } else if a < y.lo || a > y.hi {
+        return None;
+    }
+    if lx0.partial_cmp(&lx1) != Some(std::cmp::Ordering::Less) {
+        return None;
+    }
+    let point = |lx: f64| (lx.exp(), a * lx.exp().powf(alpha));
+    Some([point(lx0), point(lx1)])
+}
+
+// ---------------------------------------------------------------------------
+// Scaling: Val PPL vs train tokens, log-log, one or more sweeps.
+
+struct ScalingPlot<'a> {
+    title: String,
+    sides: Vec<(&'a str, &'a SweepResults)>,
+}
+
+impl Plot for ScalingPlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let cells = || self.sides.iter().flat_map(|(_, r)| r.cells.iter());
+        let (x0, x1) = log_bounds(cells().map(|c| c.train_tokens as f64));
+        let (y0, y1) = log_bounds(cells().map(|c| c.val_ppl));
+        let (xaxis, yaxis) = (LogAxis { lo: x0, hi: x1 }, LogAxis { lo: y0, hi: y1 });
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FAMILY, 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(xaxis.clone(), yaxis.clone())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("train tokens (log)")
+            .y_desc("best-epoch Val PPL (log)")
+            // Few labels, so the dense 1..9 ticks only appear on short ranges.
+            .x_labels(8)
+            .y_labels(8)
+            .x_label_formatter(&|v| short_number(*v))
+            .y_label_formatter(&|v| short_number(*v))
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, results)) in self.sides.iter().enumerate() {
+            let color = SERIES_COLORS[i % SERIES_COLORS.len()];
+            let points: Vec<(f64, f64, usize)> = results
+                .cells
+                .iter()
+                .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
+                .map(|c| (c.train_tokens as f64, c.val_ppl, c.samples))
+                .collect();
+            let label = match &results.scaling {
+                Some(fit) => match fit.r2 {
+                    Some(r2) => format!("{name}: alpha = {:.3}, R^2 = {r2:.3}", fit.alpha),
+                    None => format!("{name}: alpha = {:.3}", fit.alpha),
+                },
+                None => format!("{name}: no fit"),
+            };
+            chart
+                .draw_series(points.iter().map(|&(x, y, samples)| {
+                    EmptyElement::at((x, y))
+                        + Circle::new((0, 0), 5, color.filled())
+                        + Text::new(format!("{samples}"), (7, -18), (FAMILY, 14))
+                }))
+                .map_err(plot_err)?
+                .label(label)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+            if let Some(segment) = results
+                .scaling
+                .as_ref()
+                .and_then(|f| fitted_segment(f.a, f.alpha, &xaxis, &yaxis))
+            {
+                chart
+                    .draw_series(LineSeries::new(segment, color.stroke_width(2)))
+                    .map_err(plot_err)?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Effective Rank per cell (train and val), in % of context_dim.
+
+struct ErPlot<'a> {
+    cells: &'a [CellResult],
+}
+
+impl Plot for ErPlot<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let n = self.cells.len() as i32;
+        let top = self
+            .cells
+            .iter()
+            .flat_map(|c| [c.train_er, c.val_er])
+            .fold(0.0f64, f64::max)
+            * 100.0;
+        let top = if top > 0.0 { top * 1.25 } else { 1.0 };
+        let samples: Vec<usize> = self.cells.iter().map(|c| c.samples).collect();
+        let mut chart = ChartBuilder::on(root)
+            .caption("Effective Rank per cell (% of context_dim)", (FAMILY, 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            // An i32 range includes its end, so 0..n-1 gives exactly n segments.
+            .build_cartesian_2d((0..(n - 1).max(0)).into_segmented(), 0.0..top)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("samples per cell")
+            .y_desc("Effective Rank (%)")
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => samples
+                    .get(*i as usize)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                SegmentValue::Last => String::new(),
+            })
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(plot_err)?;
+        let train: Vec<f64> = self.cells.iter().map(|c| c.train_er).collect();
+        let val: Vec<f64> = self.cells.iter().map(|c| c.val_er).collect();
+        for (k, (name, values)) in [("train ER", train), ("val ER", val)]
+            .into_iter()
+            .enumerate()
+        {
+            let color = SERIES_COLORS[k];
+            let pts: Vec<(SegmentValue<i32>, f64)> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (SegmentValue::CenterOf(i as i32), v * 100.0))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 5, color.filled())))
+                .map_err(plot_err)?
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FAMILY, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One cell's Phase-2 curves: train/val PPL (left), val accuracy (right).
+
+struct EpochPlot<'a> {
+    cell: &'a CellResult,
+}
+
+impl Plot for EpochPlot<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1100, 480)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let c = self.cell;
+        let title = format!(
+            "{} samples ({} train tokens): best epoch {}, stopped at {}{}",
+            c.samples,
+            crate::report::thousands(c.train_tokens),
+            c.best_epoch,
+            c.stop_epoch,
+            if c.early_stopped { " (early stop)" } else { "" }
+        );
+        let root = root.titled(&title, (FAMILY, 20)).map_err(plot_err)?;
+        let (left, right) = root.split_horizontally(550);
+        let last = c.epochs.iter().map(|e| e.epoch).max().unwrap_or(1) as f64;
+        let x_range = 0.5..last + 0.5;
+
+        let (y0, y1) = log_bounds(c.epochs.iter().flat_map(|e| [e.train_ppl, e.val_ppl]));
+        let mut chart = ChartBuilder::on(&left)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_range.clone(), LogAxis { lo: y0, hi: y1 })
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("PPL (log)")
+            .x_labels(last as usize + 1)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_labels(8)
+            .y_label_formatter(&|v| short_number(*v))
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(plot_err)?;
+        let curves: [(&str, Vec<(f64, f64)>); 2] = [
+            (
+                "train PPL",
+                c.epochs
+                    .iter()
+                    .map(|e| (e.epoch as f64, e.train_ppl))
+                    .collect(),
+            ),
+            (
+                "val PPL",
+                c.epochs
+                    .iter()
+                    .map(|e| (e.epoch as f64, e.val_ppl))
+                    .collect(),
+            ),
+        ];
+        for (k, (name, pts)) in curves.into_iter().enumerate() {
+            let color = SERIES_COLORS[k];
+            let pts: Vec<(f64, f64)> = pts
+                .into_iter()
+                .filter(|&(_, y)| y.is_finite() && y > 0.0)
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .map_err(plot_err)?
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+        }
+        // Ring the best epoch's val point: the one the summary table reports.
+        if let Some(best) = c.epochs.iter().find(|e| e.epoch == c.best_epoch) {
+            chart
+                .draw_series(std::iter::once(Circle::new(
+                    (best.epoch as f64, best.val_ppl),
+                    9,
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(plot_err)?
+                .label("best epoch")
+                .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+
+        let top = c.epochs.iter().map(|e| e.val_acc).fold(0.0f64, f64::max) * 100.0;
+        let top = if top > 0.0 { top * 1.25 } else { 1.0 };
+        let mut chart = ChartBuilder::on(&right)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(x_range, 0.0..top)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("Val Acc (%)")
+            .x_labels(last as usize + 1)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(plot_err)?;
+        let color = SERIES_COLORS[2];
+        let pts: Vec<(f64, f64)> = c
+            .epochs
+            .iter()
+            .map(|e| (e.epoch as f64, e.val_acc * 100.0))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+
+/// File stem (no extension) of a cell's epoch plot, relative to the plots dir.
+pub fn epoch_plot_stem(cell: &CellResult) -> String {
+    format!("epochs_{}", cell.samples)
+}
+
+/// Writes the sweep's plots into `plots_dir` (created if missing):
+/// `scaling`, `effective_rank` and `epochs_<samples>` for each cell with
+/// epochs, each as .svg and .png. Returns the files written.
+pub fn write_sweep_plots(plots_dir: &Path, results: &SweepResults) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(plots_dir)
+        .map_err(|e| anyhow!("cannot create {}: {e}", plots_dir.display()))?;
+    let mut files = Vec::new();
+    if results.cells.is_empty() {
+        return Ok(files);
+    }
+    let scaling = ScalingPlot {
+        title: "Val PPL vs train tokens (log-log)".into(),
+        sides: vec![("cells", results)],
+    };
+    files.extend(render(&scaling, &plots_dir.join("scaling"))?);
+    files.extend(render(
+        &ErPlot {
+            cells: &results.cells,
+        },
+        &plots_dir.join("effective_rank"),
+    )?);
+    for cell in results.cells.iter().filter(|c| !c.epochs.is_empty()) {
+        files.extend(render(
+            &EpochPlot { cell },
+            &plots_dir.join(epoch_plot_stem(cell)),
+        )?);
+    }
+    Ok(files)
+}
+
+/// Writes `compare_scaling.svg/.png` into `plots_dir`: every side's cells
+/// and fitted line on one log-log plot.
+pub fn write_compare_plot(
+    plots_dir: &Path,
+    sides: &[(String, SweepResults)],
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(plots_dir)
+        .map_err(|e| anyhow!("cannot create {}: {e}", plots_dir.display()))?;
+    let plot = ScalingPlot {
+        title: "Val PPL vs train tokens: compared settings".into(),
+        sides: sides.iter().map(|(name, r)| (name.as_str(), r)).collect(),
+    };
+    render(&plot, &plots_dir.join("compare_scaling"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plotters::coord::ranged1d::BoldPoints;
+
+    #[test]
+    fn short_numbers() {
+        assert_eq!(short_number(56602.0), "57K");
+        assert_eq!(short_number(1_240_000.0), "1.2M");
+        assert_eq!(short_number(536.0), "536");
+        assert_eq!(short_number(0.5), "0.50");
+    }
+
+    #[test]
+    fn log_axis_ticks_and_fitted_segment() {
+        let y = LogAxis {
+            lo: 410.0,
+            hi: 1950.0,
+        };
+        assert_eq!(
+            y.key_points(BoldPoints(10)),
+            vec![500.0, 600.0, 700.0, 800.0, 900.0, 1000.0]
+        );
+        let x = LogAxis {
+            lo: 43_000.0,
+            hi: 690_000.0,
+        };
+        assert_eq!(
+            x.key_points(BoldPoints(10)),
+            vec![50_000.0, 100_000.0, 200_000.0, 500_000.0]
+        );
+        assert_eq!(x.map(&43_000.0, (0, 100)), 0);
+        assert_eq!(x.map(&690_000.0, (0, 100)), 100);
+        // PPL = 1e4 * t^-0.5 leaves the box at the top: the segment starts
+        // where it enters (y = 1950) and ends at the right edge.
+        let [(xa, ya), (xb, yb)] = fitted_segment(
+            1e4 * 1e2,
+            -0.5,
+            &x,
+            &LogAxis {
+                lo: 100.0,
+                hi: 1950.0,
+            },
+        )
+        .unwrap();
+        assert!(
+            (ya - 1950.0).abs() < 1e-6 && (xb - 690_000.0).abs() < 1e-6,
+            "{xa} {ya} {xb} {yb}"
+        );
+        assert!(fitted_segment(1.0, 0.0, &x, &y).is_none());
+    }
+
+    #[test]
+    fn embedded_font_registers() {
+        ensure_font().unwrap();
+    }
+}

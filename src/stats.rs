@@ -1,0 +1,661 @@
+//! Statistics for the scaling analysis (ALGORITHM.md section 7): the
+//! power-law fit ln PPL = ln A + alpha ln tokens with its uncertainty, and
+//! Pearson / Spearman correlations. The Student-t distribution is computed
+//! here (regularised incomplete beta by continued fraction) so the crate
+//! needs no statistics dependency.
+//!
+//! Anything that cannot be computed (too few cells, constant inputs) is
+//! `None`, never NaN, so results serialise to valid JSON.
+
+use crate::config::Config;
+use crate::results::{CellResult, SweepResults};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Special functions
+
+/// ln Gamma(x) for x > 0 (Lanczos approximation, g = 7, 9 terms; ~1e-15).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const COEF: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection keeps the series in its accurate range.
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut sum = COEF[0];
+    for (i, c) in COEF.iter().enumerate().skip(1) {
+        sum += c / (x + i as f64);
+    }
+    let t = x + G + 0.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
+/// Continued fraction for I_x(a, b) (modified Lentz), valid for x < (a+1)/(a+b+2).
+fn beta_continued_fraction(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    const EPS: f64 = 1e-15;
+    let mut c = 1.0;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut f = d;
+    for m in 1..=500 {
+        let m = m as f64;
+        // Even step: d_{2m}.
+        let num = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        d = 1.0 + num * d;
+        c = 1.0 + num / c;
+        d = if d.abs() < TINY { 1.0 / TINY } else { 1.0 / d };
+        c = if c.abs() < TINY { TINY } else { c };
+        f *= d * c;
+        // Odd step: d_{2m+1}.
+        let num = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        d = 1.0 + num * d;
+        c = 1.0 + num / c;
+        d = if d.abs() < TINY { 1.0 / TINY } else { 1.0 / d };
+        c = if c.abs() < TINY { TINY } else { c };
+        let step = d * c;
+        f *= step;
+        if (step - 1.0).abs() < EPS {
+            break;
+        }
+    }
+    f
+}
+
+/// Regularised incomplete beta function I_x(a, b), a, b > 0, x in [0, 1].
+pub fn reg_inc_beta(a: f64, b: f64, x: f64) -> f64 {
+    reg_inc_beta_xy(a, b, x, 1.0 - x)
+}
+
+/// I_x(a, b) with y = 1 - x supplied by the caller: when x is close to 1,
+/// `1.0 - x` loses digits that the caller can often compute exactly.
+fn reg_inc_beta_xy(a: f64, b: f64, x: f64, y: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if y <= 0.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * y.ln();
+    let front = ln_front.exp();
+    // The fraction converges fast only on one side; use the symmetry
+    // I_x(a, b) = 1 - I_{1-x}(b, a) on the other.
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_continued_fraction(a, b, x) / a
+    } else {
+        1.0 - front * beta_continued_fraction(b, a, y) / b
+    }
+}
+
+/// P(|T| >= |t|) for Student's t with `dof` degrees of freedom.
+pub fn student_t_two_sided_p(t: f64, dof: f64) -> f64 {
+    if t.is_infinite() {
+        return 0.0;
+    }
+    // P(|T| >= t) = I_{dof/(dof+t^2)}(dof/2, 1/2), without the 1 - cdf cancellation.
+    let t2 = t * t;
+    reg_inc_beta_xy(dof / 2.0, 0.5, dof / (dof + t2), t2 / (dof + t2))
+}
+
+/// Student-t cumulative distribution function P(T <= t).
+pub fn student_t_cdf(t: f64, dof: f64) -> f64 {
+    let tail = 0.5 * student_t_two_sided_p(t, dof);
+    if t >= 0.0 {
+        1.0 - tail
+    } else {
+        tail
+    }
+}
+
+/// Student-t quantile: the t with P(T <= t) = p, for p in (0, 1).
+/// Bisection on the CDF: slow-ish but robust, and only called a few times.
+pub fn student_t_quantile(p: f64, dof: f64) -> f64 {
+    assert!(p > 0.0 && p < 1.0, "quantile needs p in (0, 1), got {p}");
+    if p == 0.5 {
+        return 0.0;
+    }
+    // Solve in the upper half and mirror, so the bracket is [0, hi].
+    let upper = p.max(1.0 - p);
+    let mut hi = 1.0;
+    while student_t_cdf(hi, dof) < upper {
+        hi *= 2.0;
+    }
+    let mut lo = 0.0;
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if student_t_cdf(mid, dof) < upper {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo <= 1e-13 * hi.max(1.0) {
+            break;
+        }
+    }
+    let q = 0.5 * (lo + hi);
+    if p > 0.5 {
+        q
+    } else {
+        -q
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scaling fit
+
+/// Least-squares fit of ln PPL = ln A + alpha ln tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalingFit {
+    pub alpha: f64,
+    #[serde(rename = "A")]
+    pub a: f64,
+    /// Coefficient of determination in log-log space; None when PPL is constant.
+    pub r2: Option<f64>,
+    /// Two-sided p-value for alpha = 0 (t test, n - 2 dof); None when n < 3.
+    pub p_value: Option<f64>,
+    /// Standard error of alpha; None when n < 3.
+    pub stderr: Option<f64>,
+    /// 95% confidence interval for alpha from the t distribution; None when n < 3.
+    pub alpha_ci95: Option<[f64; 2]>,
+    /// Percentile bootstrap 95% interval (resampling cells); only when n >= 5.
+    pub bootstrap_ci95: Option<[f64; 2]>,
+    pub n: usize,
+}
+
+/// Bootstrap resamples for the alpha interval.
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+/// Fixed seed so the same cells always give the same interval.
+pub const BOOTSTRAP_SEED: u64 = 42;
+
+/// Plain least squares y = b0 + b1 x; returns (slope, intercept, sse, ss_tot), or
+/// None when x has no spread.
+fn least_squares(x: &[f64], y: &[f64]) -> Option<(f64, f64, f64, f64)> {
+    let n = x.len() as f64;
+    let mx = x.iter().sum::<f64>() / n;
+    let my = y.iter().sum::<f64>() / n;
+    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let syy: f64 = y.iter().map(|v| (v - my).powi(2)).sum();
+    // Relative threshold: x values that differ only by rounding are "no spread".
+    if sxx <= 1e-24 * x.iter().map(|v| v * v).sum::<f64>().max(1e-300) {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let intercept = my - slope * mx;
+    let sse: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(a, b)| (b - intercept - slope * a).powi(2))
+        .sum();
+    Some((slope, intercept, sse, syy))
+}
+
+/// Fits PPL = A * tokens^alpha. None when fewer than 2 points, a value is
+/// not positive and finite, or all token counts are equal.
+pub fn scaling_fit(tokens: &[f64], ppl: &[f64]) -> Option<ScalingFit> {
+    let n = tokens.len();
+    if n < 2 || ppl.len() != n {
+        return None;
+    }
+    let usable = |v: &f64| v.is_finite() && *v > 0.0;
+    if !tokens.iter().all(usable) || !ppl.iter().all(usable) {
+        return None;
+    }
+    let x: Vec<f64> = tokens.iter().map(|v| v.ln()).collect();
+    let y: Vec<f64> = ppl.iter().map(|v| v.ln()).collect();
+    let (alpha, ln_a, sse, ss_tot) = least_squares(&x, &y)?;
+    let r2 = (ss_tot > 0.0).then(|| (1.0 - sse / ss_tot).clamp(0.0, 1.0));
+
+    let (mut stderr, mut p_value, mut alpha_ci95) = (None, None, None);
+    if n >= 3 {
+        let dof = (n - 2) as f64;
+        let mx = x.iter().sum::<f64>() / n as f64;
+        let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
+        let se = (sse / dof / sxx).sqrt();
+        let t = alpha / se;
+        stderr = Some(se);
+        // alpha = 0 with zero residuals (constant PPL) has no defined t.
+        if t.is_finite() || (se == 0.0 && alpha != 0.0) {
+            p_value = Some(student_t_two_sided_p(t, dof));
+        }
+        let q = student_t_quantile(0.975, dof);
+        alpha_ci95 = Some([alpha - q * se, alpha + q * se]);
+    }
+    let bootstrap_ci95 = if n >= 5 {
+        bootstrap_alpha_ci95(&x, &y, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    } else {
+        None
+    };
+    Some(ScalingFit {
+        alpha,
+        a: ln_a.exp(),
+        r2,
+        p_value,
+        stderr,
+        alpha_ci95,
+        bootstrap_ci95,
+        n,
+    })
+}
+
+/// SplitMix64: a tiny seeded generator, enough for bootstrap index draws.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        // Modulo bias is ~n / 2^64: irrelevant for a handful of cells.
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Percentile bootstrap of the slope, resampling (x, y) pairs with
+/// replacement. Resamples whose x has no spread cannot be fitted and are
+/// skipped; None if fewer than half of them were usable.
+fn bootstrap_alpha_ci95(x: &[f64], y: &[f64], resamples: usize, seed: u64) -> Option<[f64; 2]> {
+    let n = x.len();
+    let mut rng = SplitMix64(seed);
+    let mut slopes = Vec::with_capacity(resamples);
+    let (mut bx, mut by) = (vec![0.0; n], vec![0.0; n]);
+    for _ in 0..resamples {
+        for i in 0..n {
+            let j = rng.below(n);
+            bx[i] = x[j];
+            by[i] = y[j];
+        }
+        if let Some((slope, ..)) = least_squares(&bx, &by) {
+            slopes.push(slope);
+        }
+    }
+    if slopes.len() < resamples / 2 {
+        return None;
+    }
+    slopes.sort_by(f64::total_cmp);
+    Some([percentile(&slopes, 0.025), percentile(&slopes, 0.975)])
+}
+
+/// Linear-interpolated percentile of sorted data (q in [0, 1]).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+// ---------------------------------------------------------------------------
+// Correlations
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Correlation {
+    pub r: f64,
+    /// Two-sided p-value for r = 0 from t = r sqrt((n-2)/(1-r^2)), n - 2 dof;
+    /// None when n < 3.
+    pub p_value: Option<f64>,
+    pub n: usize,
+}
+
+/// Pearson and Spearman correlation of the same two quantities.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CorrelationPair {
+    pub pearson: Option<Correlation>,
+    /// Rank correlation (ties get average ranks). Its p-value uses the same t
+    /// approximation as Pearson's, which is rough for very few cells.
+    pub spearman: Option<Correlation>,
+}
+
+fn correlation_p(r: f64, n: usize) -> Option<f64> {
+    if n < 3 {
+        return None;
+    }
+    let dof = (n - 2) as f64;
+    if r.abs() >= 1.0 {
+        return Some(0.0);
+    }
+    Some(student_t_two_sided_p(r * (dof / (1.0 - r * r)).sqrt(), dof))
+}
+
+/// Pearson r; None when fewer than 2 points, lengths differ, a value is not
+/// finite, or either side is constant.
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<Correlation> {
+    let n = x.len();
+    if n < 2 || y.len() != n || !x.iter().chain(y).all(|v| v.is_finite()) {
+        return None;
+    }
+    let mx = x.iter().sum::<f64>() / n as f64;
+    let my = y.iter().sum::<f64>() / n as f64;
+    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
+    let syy: f64 = y.iter().map(|v| (v - my).powi(2)).sum();
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    if sxx <= 0.0 || syy <= 0.0 {
+        return None;
+    }
+    let r = (sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0);
+    Some(Correlation {
+        r,
+        p_value: correlation_p(r, n),
+        n,
+    })
+}
+
+/// 1-based ranks; tied values share the average of their ranks.
+pub fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut out = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        // Positions i..=j are tied: ranks i+1..=j+1, mean (i+j)/2 + 1.
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            out[k] = rank;
+        }
+        i = j + 1;
+    }
+    out
+}
+
+/// Spearman rho = Pearson r of the ranks; p-value by the t approximation.
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<Correlation> {
+    if x.len() != y.len() || !x.iter().chain(y).all(|v| v.is_finite()) {
+        return None;
+    }
+    pearson(&ranks(x), &ranks(y))
+}
+
+pub fn correlation_pair(x: &[f64], y: &[f64]) -> CorrelationPair {
+    CorrelationPair {
+        pearson: pearson(x, y),
+        spearman: spearman(x, y),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sweep analysis
+
+/// The relations the seed document discusses: does ER go with performance?
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Correlations {
+    /// Validation ER vs best-epoch validation PPL.
+    pub val_er_vs_val_ppl: CorrelationPair,
+    /// Validation ER vs best-epoch validation accuracy.
+    pub val_er_vs_val_acc: CorrelationPair,
+    /// ln(train tokens) vs validation accuracy (the fit covers PPL).
+    pub log_tokens_vs_val_acc: CorrelationPair,
+}
+
+/// Sorts the cells by sample count and computes the scaling fit (train
+/// tokens vs best-epoch Val PPL) and the correlations.
+pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
+    let mut cells = cells.to_vec();
+    cells.sort_by_key(|c| (c.samples, c.train_tokens));
+    // A diverged cell (infinite or NaN PPL) is left out rather than voiding
+    // the whole analysis; the report states how many cells each figure used.
+    let fit_cells: Vec<&CellResult> = cells
+        .iter()
+        .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
+        .collect();
+    let tokens: Vec<f64> = fit_cells.iter().map(|c| c.train_tokens as f64).collect();
+    let ppl: Vec<f64> = fit_cells.iter().map(|c| c.val_ppl).collect();
+    let column = |f: fn(&CellResult) -> f64| cells.iter().map(f).collect::<Vec<f64>>();
+    let log_tokens = column(|c| (c.train_tokens as f64).max(1.0).ln());
+    let (er, acc, all_ppl) = (
+        column(|c| c.val_er),
+        column(|c| c.val_acc),
+        column(|c| c.val_ppl),
+    );
+    let correlations = Correlations {
+        val_er_vs_val_ppl: finite_pair(&er, &all_ppl),
+        val_er_vs_val_acc: finite_pair(&er, &acc),
+        log_tokens_vs_val_acc: finite_pair(&log_tokens, &acc),
+    };
+    SweepResults {
+        config: config.clone(),
+        scaling: scaling_fit(&tokens, &ppl),
+        correlations,
+        cells,
+    }
+}
+
+/// Correlations over the positions where both values are finite.
+fn finite_pair(x: &[f64], y: &[f64]) -> CorrelationPair {
+    let (fx, fy): (Vec<f64>, Vec<f64>) = x
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .map(|(a, b)| (*a, *b))
+        .unzip();
+    correlation_pair(&fx, &fy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    // Seed document's results table.
+    const TOKENS: [f64; 4] = [56602.0, 110516.0, 216119.0, 529173.0];
+    const PPL: [f64; 4] = [1503.3, 1036.3, 757.7, 536.0];
+
+    #[test]
+    fn t_distribution_spot_values() {
+        // References from scipy.stats.t (cdf / ppf).
+        assert!(close(student_t_cdf(2.0, 2.0), 0.908_248_290_463_863, 1e-12));
+        assert!(close(
+            student_t_cdf(-1.5, 5.0),
+            0.096_951_840_121_236_64,
+            1e-12
+        ));
+        assert!(close(
+            student_t_cdf(3.0, 1.0),
+            0.897_583_617_650_433_3,
+            1e-12
+        ));
+        assert!(close(
+            student_t_cdf(0.5, 100.0),
+            0.690_913_217_084_556_7,
+            1e-10
+        ));
+        assert!(close(
+            student_t_quantile(0.975, 2.0),
+            4.302_652_729_749_462,
+            1e-9
+        ));
+        assert!(close(
+            student_t_quantile(0.9, 10.0),
+            1.372_183_641_110_336,
+            1e-9
+        ));
+        assert!(close(
+            student_t_quantile(0.995, 30.0),
+            2.749_995_653_567_225,
+            1e-9
+        ));
+        assert!(close(
+            student_t_quantile(0.025, 2.0),
+            -4.302_652_729_749_462,
+            1e-9
+        ));
+        assert_eq!(student_t_quantile(0.5, 7.0), 0.0);
+        // Non-integer dof, and a quantile near the median (needs 1 - x exactly).
+        assert!(close(
+            student_t_cdf(1.5, 2.5),
+            0.876_081_773_456_851_9,
+            1e-12
+        ));
+        assert!(close(
+            student_t_cdf(-3.0, 0.5),
+            0.183_654_077_992_971_7,
+            1e-12
+        ));
+        let q = student_t_quantile(0.5001, 1000.0);
+        assert!(close(q / 2.507_255_036_228_889e-4, 1.0, 1e-8), "{q}");
+        assert!(close(
+            ln_gamma(0.5),
+            std::f64::consts::PI.sqrt().ln(),
+            1e-13
+        ));
+        assert!(close(ln_gamma(10.0), 362_880f64.ln(), 1e-12));
+    }
+
+    #[test]
+    fn seed_table_fit() {
+        let fit = scaling_fit(&TOKENS, &PPL).unwrap();
+        assert_eq!(fit.n, 4);
+        // scipy.stats.linregress on the logs: slope -0.4591268237616494,
+        // exp(intercept) 220810.059, r^2 0.9927066998, p 0.0036533234835581787,
+        // stderr 0.027827182545359642; CI with t(0.975, 2) = 4.302652729749462.
+        assert!(close(fit.alpha, -0.459, 0.0005), "{}", fit.alpha);
+        assert!(close(fit.alpha, -0.459_126_823_761_649_4, 1e-12));
+        assert!(close(fit.r2.unwrap(), 0.993, 0.0005));
+        assert!(close(fit.r2.unwrap(), 0.992_706_699_805_359_2, 1e-12));
+        assert!(close(fit.a / 220_810.059_019_437_5, 1.0, 1e-9));
+        assert!(close(
+            fit.p_value.unwrap(),
+            0.003_653_323_483_558_178_7,
+            1e-10
+        ));
+        assert!(close(fit.stderr.unwrap(), 0.027_827_182_545_359_642, 1e-12));
+        let [lo, hi] = fit.alpha_ci95.unwrap();
+        assert!(close(lo, -0.578_857_526_701_677_7, 1e-9), "{lo}");
+        assert!(close(hi, -0.339_396_120_821_621_2, 1e-9), "{hi}");
+        // n = 4 < 5: no bootstrap.
+        assert_eq!(fit.bootstrap_ci95, None);
+    }
+
+    #[test]
+    fn fit_json_shape_has_no_nan() {
+        let fit = scaling_fit(&TOKENS[..2], &PPL[..2]).unwrap();
+        assert_eq!(
+            (fit.p_value, fit.stderr, fit.alpha_ci95),
+            (None, None, None)
+        );
+        let json = serde_json::to_value(&fit).unwrap();
+        for key in [
+            "alpha",
+            "A",
+            "r2",
+            "p_value",
+            "stderr",
+            "alpha_ci95",
+            "bootstrap_ci95",
+            "n",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key} in {json}");
+        }
+        assert!(json["p_value"].is_null());
+        let back: ScalingFit = serde_json::from_value(json).unwrap();
+        assert_eq!(back, fit);
+        // Unfittable inputs give None instead of NaN.
+        assert_eq!(scaling_fit(&TOKENS[..1], &PPL[..1]), None);
+        assert_eq!(scaling_fit(&[100.0, 100.0, 100.0], &[5.0, 4.0, 3.0]), None);
+        assert_eq!(scaling_fit(&[100.0, 200.0], &[0.0, 4.0]), None);
+    }
+
+    #[test]
+    fn bootstrap_brackets_alpha_and_is_seeded() {
+        // Five cells on a noisy power law (alpha about -0.45).
+        let tokens = [50e3, 100e3, 200e3, 500e3, 1e6];
+        let ppl = [1500.0, 1080.0, 740.0, 560.0, 380.0];
+        let fit = scaling_fit(&tokens, &ppl).unwrap();
+        let [lo, hi] = fit.bootstrap_ci95.unwrap();
+        assert!(lo < fit.alpha && fit.alpha < hi, "{lo} {} {hi}", fit.alpha);
+        assert!(hi - lo < 0.3, "{lo} {hi}");
+        assert_eq!(
+            scaling_fit(&tokens, &ppl).unwrap().bootstrap_ci95,
+            fit.bootstrap_ci95
+        );
+        // Exact power law: every resample has slope -0.5.
+        let exact: Vec<f64> = tokens.iter().map(|t| 3.0e5 * t.powf(-0.5)).collect();
+        let fit = scaling_fit(&tokens, &exact).unwrap();
+        let [lo, hi] = fit.bootstrap_ci95.unwrap();
+        assert!(close(lo, -0.5, 1e-9) && close(hi, -0.5, 1e-9));
+        assert!(fit.p_value.unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn analyse_skips_diverged_cells() {
+        let cells: Vec<CellResult> = [
+            (500, 529173, f64::INFINITY),
+            (50, 56602, 1503.3),
+            (200, 216119, 757.7),
+            (100, 110516, 1036.3),
+        ]
+        .iter()
+        .map(|&(samples, train_tokens, val_ppl)| CellResult {
+            samples,
+            train_tokens,
+            val_ppl,
+            val_er: 0.08 + samples as f64 * 1e-5,
+            val_acc: 0.1,
+            ..CellResult::default()
+        })
+        .collect();
+        let r = analyse(&Config::default(), &cells);
+        let order: Vec<usize> = r.cells.iter().map(|c| c.samples).collect();
+        assert_eq!(order, vec![50, 100, 200, 500]);
+        let fit = r.scaling.clone().unwrap();
+        assert_eq!(fit.n, 3);
+        assert!(fit.alpha < -0.4 && fit.alpha > -0.6, "{}", fit.alpha);
+        assert_eq!(r.correlations.val_er_vs_val_ppl.pearson.unwrap().n, 3);
+        // Constant accuracy: no correlation rather than NaN.
+        assert_eq!(r.correlations.val_er_vs_val_acc.pearson, None);
+        assert!(!serde_json::to_string(&r.scaling).unwrap().contains("NaN"));
+    }
+
+    #[test]
+    fn pearson_and_spearman_known_values() {
+        // scipy.stats.pearsonr / spearmanr on the seed's Val ER vs Val PPL.
+        let er = [0.085, 0.078, 0.084, 0.086];
+        let p = pearson(&er, &PPL).unwrap();
+        assert!(close(p.r, -0.170_707_191_105_235_7, 1e-12));
+        assert!(close(p.p_value.unwrap(), 0.829_292_808_894_764_2, 1e-10));
+        let s = spearman(&er, &PPL).unwrap();
+        assert!(close(s.r, -0.4, 1e-12));
+        assert!(close(s.p_value.unwrap(), 0.6, 1e-10));
+        // Ties: ranks averaged; scipy gives rho 0.6668859288553503, p 0.21889398131323148.
+        let (a, b) = ([1.0, 2.0, 2.0, 3.0, 4.0], [2.0, 1.0, 4.0, 3.0, 5.0]);
+        assert_eq!(ranks(&a), vec![1.0, 2.5, 2.5, 4.0, 5.0]);
+        let s = spearman(&a, &b).unwrap();
+        assert!(close(s.r, 0.666_885_928_855_350_3, 1e-12));
+        assert!(close(s.p_value.unwrap(), 0.218_893_981_311_231_48, 1e-10));
+        let p = pearson(&a, &b).unwrap();
+        assert!(close(p.r, 0.693_375_245_281_536_3, 1e-12));
+        assert!(close(p.p_value.unwrap(), 0.194_171_345_612_058_73, 1e-10));
+        // Perfect monotone relation, constant input, too few points.
+        assert_eq!(
+            spearman(&[1.0, 2.0, 3.0], &[1.0, 8.0, 27.0]).unwrap().r,
+            1.0
+        );
+        assert_eq!(pearson(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
+        assert_eq!(pearson(&[1.0, 2.0], &[3.0, 1.0]).unwrap().p_value, None);
+    }
+}
