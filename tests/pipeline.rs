@@ -1,0 +1,313 @@
+//! End-to-end behaviour on tiny data: the leak guarantee, bad input, a
+//! diverging run, and the sweep's resume / atomic-write / config-mismatch /
+//! `--cell` + `report` contract.
+
+use newllm::cache::{sequential_pass, train_cache};
+use newllm::cell::{check_split, run_cell, write_atomic, CellPaths};
+use newllm::config::Config;
+use newllm::data::Split;
+use newllm::model::Model;
+use newllm::phase1;
+use newllm::phase2::{self, Stream};
+use newllm::sweep::{report_dir, run_sweep};
+use std::path::{Path, PathBuf};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("newllm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small text corpus: `n` samples of varied English-like sentences.
+fn write_corpus(dir: &Path, n: usize) -> String {
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "dog",
+        "who", "was", "very", "happy",
+    ];
+    let mut text = String::new();
+    for s in 0..n {
+        for w in 0..(30 + 7 * (s % 5)) {
+            text.push_str(words[(s * 7 + w * 3 + w / 4) % words.len()]);
+            text.push(if w % 9 == 8 { '.' } else { ' ' });
+        }
+        text.push_str("\n<|endofsample|>\n");
+    }
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A config that trains in well under a second per cell.
+fn tiny(corpus: String) -> Config {
+    Config {
+        embed_dim: 8,
+        context_dim: 8,
+        num_layers: 2,
+        phase1_max_iterations: 3,
+        phase1_batch_size: 64,
+        phase2_batch_size: 32,
+        phase2_epochs: 2,
+        sample_counts: vec![4, 8],
+        corpus,
+        threads: 1,
+        ..Config::default()
+    }
+}
+
+/// Trains Phase 1 + Phase 2 (fixed epochs) with the given validation ids and
+/// returns everything training produced.
+fn train_with_val(val: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
+    let cfg = Config {
+        vocab_size: 50,
+        embed_dim: 6,
+        context_dim: 6,
+        num_layers: 2,
+        phase1_max_iterations: 3,
+        phase2_epochs: 2,
+        phase2_patience: 0,
+        phase2_batch_size: 16,
+        ..Config::default()
+    };
+    let train: Vec<u32> = (0..120).map(|i| (i * 7 % 50) as u32).collect();
+    let mut model = Model::new(&cfg, None).unwrap();
+    let p1 = phase1::run(&mut model, &train, None, &mut |_| {}).unwrap();
+    let src = train_cache(&model, &train, &p1.prev, cfg.train_cache);
+    let val_src = sequential_pass(&model, val, val.len() - 1);
+    let ts = Stream {
+        ids: &train,
+        src: &src,
+    };
+    let vs = Stream {
+        ids: val,
+        src: &val_src,
+    };
+    let p2 = phase2::run(&mut model, &ts, &vs, &mut |_| {}).unwrap();
+    let train_losses = p2.epochs.iter().map(|e| e.train_loss).collect();
+    (
+        model.context.params.data.clone(),
+        model.token.params.data.clone(),
+        train_losses,
+    )
+}
+
+#[test]
+fn no_validation_token_reaches_any_training_step() {
+    // Two runs that differ only in their validation tokens must train
+    // bit-identical weights with identical training losses.
+    let val_a: Vec<u32> = (0..20).map(|i| (i * 3 % 50) as u32).collect();
+    let val_b: Vec<u32> = (0..20).map(|i| (i * 11 % 50 + 1) as u32 % 50).collect();
+    assert_ne!(val_a, val_b);
+    let (ca, ta, la) = train_with_val(&val_a);
+    let (cb, tb, lb) = train_with_val(&val_b);
+    assert_eq!(ca, cb, "ContextBlock weights depend on validation data");
+    assert_eq!(ta, tb, "TokenBlock weights depend on validation data");
+    assert_eq!(la, lb);
+}
+
+#[test]
+fn bad_weights_and_streams_are_clear_errors() {
+    let cfg = Config {
+        vocab_size: 50,
+        embed_dim: 6,
+        context_dim: 6,
+        num_layers: 2,
+        ..Config::default()
+    };
+    let mut m = Model::new(&cfg, None).unwrap();
+    let err = m
+        .set_param("context_block.layers.0.fnn.0.weight", &[0.0; 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("context_block.layers.0.fnn.0.weight") && err.contains("3 values given"),
+        "{err}"
+    );
+    let mut bad = vec![0.0f32; 6];
+    bad[2] = f32::NAN;
+    let err = m
+        .set_param("embed_norm.weight", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not finite") && err.contains("index 2"),
+        "{err}"
+    );
+    let err = m
+        .set_param("no.such.param", &[0.0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown parameter no.such.param"), "{err}");
+
+    let split = |train: Vec<u32>, val: Vec<u32>| Split {
+        samples: 1,
+        train,
+        val,
+        sample_ends: vec![],
+        source: "test".into(),
+    };
+    let err = check_split(&cfg, &split(vec![], vec![1, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("training stream has 0 tokens"), "{err}");
+    let err = check_split(&cfg, &split(vec![1, 2, 3], vec![1, 99]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("validation token 1 has id 99 >= vocab_size 50"),
+        "{err}"
+    );
+    let k = Config {
+        num_input_tokens: 5,
+        ..cfg.clone()
+    };
+    let err = check_split(&k, &split(vec![1, 2, 3, 4, 5, 6], vec![1, 2, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("num_input_tokens = 5 is larger than the validation stream (3 tokens)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_diverging_run_names_stage_and_iteration_and_keeps_its_log() {
+    let dir = temp_dir("diverge");
+    let mut cfg = tiny(write_corpus(&dir, 6));
+    cfg.phase1_learning_rate = 1e30;
+    cfg.phase1_max_iterations = 6;
+    let err = format!(
+        "{:#}",
+        run_cell(&cfg, 4, &dir, &dir.join("cache")).unwrap_err()
+    );
+    assert!(err.contains("Phase 1 diverged at iteration"), "{err}");
+    assert!(err.contains("log so far"), "{err}");
+    let log = std::fs::read_to_string(CellPaths::new(&dir, 4).log).unwrap();
+    assert!(log.lines().count() >= 2, "log kept: {log}");
+    assert!(log.lines().all(|l| l.contains("\"stage\":\"phase1\"")));
+}
+
+#[test]
+fn sweep_resumes_skips_finished_cells_and_refuses_other_configs() {
+    let dir = temp_dir("sweep");
+    let cache = dir.join("cache");
+    let cfg = tiny(write_corpus(&dir, 10));
+    let out = dir.join("out");
+    let r = run_sweep(&cfg, &out, &cache, None)
+        .unwrap()
+        .expect("all cells done");
+    assert_eq!(r.cells.len(), 2);
+    assert_eq!(r.cells[0].samples, 4);
+    assert!(r.cells[0].train_tokens < r.cells[1].train_tokens);
+    for f in [
+        "results.json",
+        "report.md",
+        "config.json",
+        "cell-4.json",
+        "cell-8.json",
+        "cell-4.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    // no temp files left behind by the atomic writes
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert!(results["cells"][1]["val_ppl"].as_f64().unwrap() > 1.0);
+    assert_eq!(results["config"]["embed_dim"], 8);
+
+    // Rerun: the finished cell is skipped (its checkpoint is not recreated).
+    std::fs::remove_file(out.join("cell-4.safetensors")).unwrap();
+    let before = std::fs::read(out.join("cell-4.json")).unwrap();
+    run_sweep(&cfg, &out, &cache, None).unwrap();
+    assert!(
+        !out.join("cell-4.safetensors").exists(),
+        "finished cell was rerun"
+    );
+    assert_eq!(before, std::fs::read(out.join("cell-4.json")).unwrap());
+
+    // A different config refuses to mix into the same directory.
+    let other = Config {
+        dist_reg_weight: 0.5,
+        ..cfg.clone()
+    };
+    let err = run_sweep(&other, &out, &cache, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("different config") && err.contains("dist_reg_weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn separate_cell_runs_are_merged_by_report() {
+    let dir = temp_dir("cells");
+    let cache = dir.join("cache");
+    let cfg = tiny(write_corpus(&dir, 10));
+    let out = dir.join("out");
+    // cell 1 first, as another machine might
+    assert!(run_sweep(&cfg, &out, &cache, Some(1)).unwrap().is_none());
+    assert!(out.join("cell-8.json").exists() && !out.join("cell-4.json").exists());
+    let partial = report_dir(&out).unwrap();
+    assert_eq!(partial.cells.len(), 1);
+    let full = run_sweep(&cfg, &out, &cache, Some(0))
+        .unwrap()
+        .expect("second cell completes the sweep");
+    assert_eq!(
+        full.cells.iter().map(|c| c.samples).collect::<Vec<_>>(),
+        vec![4, 8]
+    );
+    let merged = report_dir(&out).unwrap();
+    assert_eq!(merged.cells, full.cells);
+    assert!(merged.scaling.is_some());
+    let err = run_sweep(&cfg, &out, &cache, Some(7))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--cell 7 is out of range"), "{err}");
+}
+
+#[test]
+fn same_seed_and_threads_give_identical_results() {
+    let dir = temp_dir("repro");
+    let cfg = tiny(write_corpus(&dir, 6));
+    let a = run_cell(&cfg, 4, &dir.join("a"), &dir.join("cache")).unwrap();
+    let b = run_cell(&cfg, 4, &dir.join("b"), &dir.join("cache")).unwrap();
+    assert_eq!(
+        a.phase1,
+        b.phase1
+            .iter()
+            .zip(&a.phase1)
+            .map(|(x, y)| newllm::results::Phase1Iteration {
+                seconds: y.seconds,
+                ..x.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+    let strip = |r: &newllm::results::CellResult| {
+        r.epochs
+            .iter()
+            .map(|e| (e.train_loss, e.val_loss, e.val_acc))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(
+        std::fs::read(dir.join("a/cell-4.safetensors")).unwrap(),
+        std::fs::read(dir.join("b/cell-4.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn atomic_write_replaces_whole_files() {
+    let dir = temp_dir("atomic");
+    let p = dir.join("x.json");
+    write_atomic(&p, b"first").unwrap();
+    write_atomic(&p, b"second").unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"second");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
