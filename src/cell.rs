@@ -30,7 +30,7 @@ pub fn predict_peak_bytes(model: &Model, n: usize, m: usize) -> u64 {
         * (2 * v * e
             + model.context.params.data.len() as u64
             + model.token.params.data.len() as u64);
-    let baseline = 64 << 20; // binary, tokenizer tables, allocator slack
+    let baseline = 128 << 20; // binary, tokenizer tables, corpus text, allocator slack
     let ids = 4 * (n + m) as u64;
     let phase1 = Phase1::bytes(model, n);
     // caches + prev (kept until the train cache is built)

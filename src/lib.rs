@@ -2,6 +2,7 @@
 //! and its scaling experiments. See ../shared/spec/ALGORITHM.md for the
 //! algorithm; module names follow its sections.
 
+pub mod bench;
 pub mod cache;
 pub mod cell;
 pub mod config;

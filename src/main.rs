@@ -84,6 +84,23 @@ enum Cmd {
         #[arg(long, default_value = "runs/compare")]
         out: PathBuf,
     },
+    /// Time each stage against this machine's GEMM peak and memory bandwidth
+    /// (measured in the same process); prints a table and writes JSON.
+    Bench {
+        /// Model preset to time (default: the seed's 6 x 768 model).
+        #[arg(long, default_value = "seed")]
+        preset: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Phase-2 batch rows.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// Tokens for the sequential-pass timing.
+        #[arg(long, default_value_t = 200)]
+        seq_tokens: usize,
+        #[arg(long, default_value = "runs/bench.json")]
+        out: PathBuf,
+    },
     /// Corpus tools.
     Data {
         #[command(subcommand)]
@@ -219,6 +236,16 @@ fn run(cli: Cli) -> Result<()> {
             };
             newllm::sweep::run_compare(&sides, &out, &run.cache_dir)?;
             println!("comparison: {}", out.join("compare.md").display());
+        }
+        Cmd::Bench { preset, sets, batch, seq_tokens, out } => {
+            let cfg = RunArgs { preset, corpus: None, sets, cache_dir: PathBuf::new() }.config()?;
+            let r = newllm::bench::run(&cfg, batch, seq_tokens)?;
+            print!("{}", newllm::bench::table(&r));
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            cell::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            println!("json: {}", out.display());
         }
         Cmd::Data {
             cmd:

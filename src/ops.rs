@@ -5,12 +5,19 @@
 //! so a column block of a wider matrix is addressed without copying.
 //! Each backward here has a finite-difference test at the bottom.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// LayerNorm epsilon (PyTorch default, as in the original).
 pub const LN_EPS: f32 = 1e-5;
 
 static THREADS: AtomicUsize = AtomicUsize::new(1);
+/// GEMM floating-point operations issued so far (2mnk per call), so the
+/// benchmark can state each stage's GEMM work over its wall time.
+static GEMM_FLOPS: AtomicU64 = AtomicU64::new(0);
+
+pub fn gemm_flops() -> u64 {
+    GEMM_FLOPS.load(Ordering::Relaxed)
+}
 
 /// Sets the thread count used by GEMM and the row-parallel loops, and sizes
 /// rayon's global pool (first call wins for the pool). 0 = all cores.
@@ -120,6 +127,7 @@ pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: b
         }
         return;
     }
+    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
     // (col stride, row stride) of each operand as the gemm crate wants them.
     let (a_cs, a_rs) = match t {
         Trans::NN | Trans::NT => (1, a.ld as isize),
