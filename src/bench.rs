@@ -66,7 +66,16 @@ pub fn gemm_peak() -> f64 {
         rng.fill_normal(&mut a, 1.0);
         rng.fill_normal(&mut b, 1.0);
         let mut c = vec![0.0f32; m * n];
-        let (s, fl) = time_it(3, || ops::matmul(&mut c, n, Mat::new(&a, m, k), Mat::new(&b, k, n), Trans::NN, false));
+        let (s, fl) = time_it(3, || {
+            ops::matmul(
+                &mut c,
+                n,
+                Mat::new(&a, m, k),
+                Mat::new(&b, k, n),
+                Trans::NN,
+                false,
+            )
+        });
         best = best.max(fl as f64 / s / 1e9);
     }
     best
@@ -97,7 +106,14 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
 
 fn stage(name: &str, (seconds, flops): (f64, u64), peak: f64, note: String) -> StageResult {
     let gflops = flops as f64 / seconds / 1e9;
-    StageResult { stage: name.to_string(), seconds, gemm_flops: flops, gflops, fraction_of_gemm_peak: gflops / peak, note }
+    StageResult {
+        stage: name.to_string(),
+        seconds,
+        gemm_flops: flops,
+        gflops,
+        fraction_of_gemm_peak: gflops / peak,
+        note,
+    }
 }
 
 fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
@@ -113,15 +129,26 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     let mut stages = Vec::new();
 
     // Phase 2: one training step (forward, backward, clip, Adam) on a full batch.
-    let cfg = Config { phase2_batch_size: phase2_batch, ..base.clone() };
+    let cfg = Config {
+        phase2_batch_size: phase2_batch,
+        ..base.clone()
+    };
     let mut model = Model::new(&cfg, None)?;
     // a non-zero head so the step does its real work
-    let head = model.token.params.find("token_output.weight").map(|t| (t.offset, t.len)).unwrap_or((0, 0));
+    let head = model
+        .token
+        .params
+        .find("token_output.weight")
+        .map(|t| (t.offset, t.len))
+        .unwrap_or((0, 0));
     Rng::new(3).fill_normal(&mut model.token.params.data[head.0..head.0 + head.1], 0.02);
     let ids = random_ids(phase2_batch + 1, cfg.vocab_size, 4);
     let mut src = vec![0.0f32; phase2_batch * cfg.context_dim];
     Rng::new(5).fill_normal(&mut src, 1.0);
-    let s = Stream { ids: &ids, src: &src };
+    let s = Stream {
+        ids: &ids,
+        src: &src,
+    };
     let mut p2 = Phase2::new(&model);
     let t = time_it(3, || {
         p2.forward(&model, &s, 0, phase2_batch);
@@ -132,13 +159,21 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         "phase2_step",
         t,
         peak,
-        format!("batch {phase2_batch}, head {} x {}, {:.0} tokens/s", cfg.embed_dim, cfg.vocab_size, phase2_batch as f64 / t.0),
+        format!(
+            "batch {phase2_batch}, head {} x {}, {:.0} tokens/s",
+            cfg.embed_dim,
+            cfg.vocab_size,
+            phase2_batch as f64 / t.0
+        ),
     ));
     drop(p2);
 
     // Phase 1: one full iteration over one batch of rows, both modes.
     for all_layers in [false, true] {
-        let cfg = Config { token_input_all_layers: all_layers, ..base.clone() };
+        let cfg = Config {
+            token_input_all_layers: all_layers,
+            ..base.clone()
+        };
         let model = Model::new(&cfg, None)?;
         let n = cfg.phase1_batch_size;
         let ids = random_ids(n, cfg.vocab_size, 6);
@@ -148,8 +183,17 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         let t = time_it(2, || {
             p1.accumulate(&model, &ids);
         });
-        let name = if all_layers { "phase1_iteration_true" } else { "phase1_iteration_false" };
-        stages.push(stage(name, t, peak, format!("{n} rows, {:.0} tokens/s", n as f64 / t.0)));
+        let name = if all_layers {
+            "phase1_iteration_true"
+        } else {
+            "phase1_iteration_false"
+        };
+        stages.push(stage(
+            name,
+            t,
+            peak,
+            format!("{n} rows, {:.0} tokens/s", n as f64 / t.0),
+        ));
     }
 
     // Sequential recurrent pass: bandwidth-bound (each token reads every weight).
@@ -162,10 +206,21 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     });
     let tps = seq_tokens as f64 / t.0;
     let frac = weight_bytes as f64 * tps / 1e9 / bw;
-    stages.push(stage("sequential_pass", t, peak, format!("{seq_tokens} tokens, {tps:.0} tokens/s, {:.0}% of read bandwidth", 100.0 * frac)));
+    stages.push(stage(
+        "sequential_pass",
+        t,
+        peak,
+        format!(
+            "{seq_tokens} tokens, {tps:.0} tokens/s, {:.0}% of read bandwidth",
+            100.0 * frac
+        ),
+    ));
 
     let predicted = predict_peak_bytes(&model, 529_173, 58_797);
-    eprintln!("seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}", gib(predicted));
+    eprintln!(
+        "seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}",
+        gib(predicted)
+    );
     Ok(BenchReport {
         threads,
         gemm_peak_gflops: peak,
@@ -201,6 +256,9 @@ pub fn table(r: &BenchReport) -> String {
         r.sequential_tokens_per_s * r.sequential_weight_bytes_per_token as f64 / 1e9,
         100.0 * r.sequential_fraction_of_bandwidth
     );
-    s += &format!("seed 500-sample cell: predicted peak memory {}\n", gib(r.seed_500_cell_predicted_peak_bytes));
+    s += &format!(
+        "seed 500-sample cell: predicted peak memory {}\n",
+        gib(r.seed_500_cell_predicted_peak_bytes)
+    );
     s
 }

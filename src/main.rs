@@ -237,8 +237,20 @@ fn run(cli: Cli) -> Result<()> {
             newllm::sweep::run_compare(&sides, &out, &run.cache_dir)?;
             println!("comparison: {}", out.join("compare.md").display());
         }
-        Cmd::Bench { preset, sets, batch, seq_tokens, out } => {
-            let cfg = RunArgs { preset, corpus: None, sets, cache_dir: PathBuf::new() }.config()?;
+        Cmd::Bench {
+            preset,
+            sets,
+            batch,
+            seq_tokens,
+            out,
+        } => {
+            let cfg = RunArgs {
+                preset,
+                corpus: None,
+                sets,
+                cache_dir: PathBuf::new(),
+            }
+            .config()?;
             let r = newllm::bench::run(&cfg, batch, seq_tokens)?;
             print!("{}", newllm::bench::table(&r));
             if let Some(parent) = out.parent() {

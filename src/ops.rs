@@ -128,6 +128,13 @@ pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: b
         return;
     }
     GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
+    if m == 1 && t == Trans::NT {
+        // One row times a row-major weight matrix (the recurrent pass): a
+        // streaming dot product per output is bandwidth-bound, and the gemm
+        // crate's packing costs more than it saves here.
+        gemv_rows(&mut c[..n], a.data, b, accumulate);
+        return;
+    }
     // (col stride, row stride) of each operand as the gemm crate wants them.
     let (a_cs, a_rs) = match t {
         Trans::NN | Trans::NT => (1, a.ld as isize),
@@ -161,6 +168,93 @@ pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: b
             parallelism(m, n, k),
         );
     }
+}
+
+/// `y[j] (+)= dot(x, B row j)` for every row j of `b` (b.rows x b.cols, row stride b.ld).
+fn gemv_rows(y: &mut [f32], x: &[f32], b: Mat, accumulate: bool) {
+    use rayon::prelude::*;
+    let k = b.cols;
+    let x = &x[..k];
+    let row = |j: usize| &b.data[j * b.ld..j * b.ld + k];
+    let run = |j0: usize, ys: &mut [f32]| {
+        for (i, yv) in ys.iter_mut().enumerate() {
+            let d = dot(row(j0 + i), x);
+            *yv = if accumulate { *yv + d } else { d };
+        }
+    };
+    let t = threads();
+    if t > 1 && b.rows * k >= 1 << 16 {
+        let chunk = b.rows.div_ceil(4 * t);
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, ys)| run(ci * chunk, ys));
+    } else {
+        run(0, y);
+    }
+}
+
+/// Dot product, AVX2+FMA when the CPU has it (checked once at run time).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features were detected just above.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, accu) in acc.iter_mut().enumerate() {
+            let off = i + 8 * u;
+            *accu = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(off)),
+                _mm256_loadu_ps(pb.add(off)),
+                *accu,
+            );
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i)),
+            _mm256_loadu_ps(pb.add(i)),
+            acc[0],
+        );
+        i += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    let mut total: f32 = lanes.iter().sum();
+    while i < n {
+        total += a[i] * b[i];
+        i += 1;
+    }
+    total
 }
 
 /// Adds `bias` to every row of `y` (rows x n).
@@ -501,6 +595,24 @@ pub(crate) mod tests {
             true,
         );
         assert!(c.iter().zip(&want).all(|(x, y)| (x - 2.0 * y).abs() < 2e-4));
+        // one row (the recurrent pass's gemv path), B a column block of a wider matrix
+        let mut wide_b = vec![0.0; n * (k + 3)];
+        for j in 0..n {
+            wide_b[j * (k + 3) + 3..j * (k + 3) + 3 + k].copy_from_slice(&bt[j * k..(j + 1) * k]);
+        }
+        let mut c1 = vec![1.0; n];
+        matmul(
+            &mut c1,
+            n,
+            Mat::new(&a[..k], 1, k),
+            Mat::cols_of(&wide_b, n, k + 3, 3, k),
+            Trans::NT,
+            true,
+        );
+        assert!(c1
+            .iter()
+            .zip(&want[..n])
+            .all(|(x, y)| (x - 1.0 - y).abs() < 1e-4));
         // A as a column block [.., k] of a wider [m, k + 7] matrix
         let mut wide = vec![0.0; m * (k + 7)];
         for i in 0..m {
