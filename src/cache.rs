@@ -32,12 +32,17 @@ pub fn sequential_pass(model: &Model, ids: &[u32], count: usize) -> Vec<f32> {
     let mut acts = BlockActs::new(&model.context, 1);
     let mut ctx = vec![0.0f32; c];
     let mut x = vec![0.0f32; ke];
+    let bar = crate::progress::bar(count as u64, "recurrent pass (tokens)");
     for j in 0..count {
+        if j % 256 == 0 {
+            bar.set_position(j as u64);
+        }
         model.token_input(ids, j, 1, &mut x);
         model.context_forward(&ctx, &x, 1, &mut acts);
         ctx.copy_from_slice(&acts.last()[..c]);
         outs[j * c..(j + 1) * c].copy_from_slice(&ctx);
     }
+    bar.finish_and_clear();
     outs
 }
 

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod phase1;
 pub mod phase2;
 pub mod plots;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod rng;

@@ -81,7 +81,9 @@ impl Phase1 {
         let w = cfg.dist_reg_weight;
         self.grad.fill(0.0);
         let mut st = IterationStats::default();
+        let bar = crate::progress::bar(num_batches as u64, "phase1 iteration (batches)");
         for bi in 0..num_batches {
+            bar.set_position(bi as u64);
             let s = bi * cap;
             let rows = cap.min(n - s);
             // input context of row j = prev[j - 1], wrapping to prev[n - 1] for j = 0
@@ -122,6 +124,7 @@ impl Phase1 {
                 &mut self.grad,
             );
         }
+        bar.finish_and_clear();
         st
     }
 }

@@ -113,7 +113,9 @@ impl Phase2 {
     pub fn train_epoch(&mut self, model: &mut Model, s: &Stream, epoch: usize) -> Result<f64> {
         let n = s.positions();
         let mut total = 0.0;
+        let bar = crate::progress::bar(n as u64, &format!("phase2 epoch {epoch} (positions)"));
         for (bi, start) in (0..n).step_by(self.cap).enumerate() {
+            bar.set_position(start as u64);
             let rows = self.cap.min(n - start);
             self.forward(model, s, start, rows);
             let loss = self.backward(model, s, start, rows);
@@ -123,6 +125,7 @@ impl Phase2 {
             }
             total += loss * rows as f64;
         }
+        bar.finish_and_clear();
         Ok(total / n as f64)
     }
 
