@@ -412,6 +412,35 @@ mod tests {
         assert!(SOURCE.contains(&format!("#define ROW_THREADS {ROW_THREADS}")));
     }
 
+    /// Compiles the kernels with NVRTC where the library can be loaded (no
+    /// GPU or driver needed: e.g. pip's nvidia-cuda-nvrtc-cu12 on
+    /// LD_LIBRARY_PATH); skipped elsewhere.
+    #[test]
+    fn kernels_compile_with_nvrtc_when_available() {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc is not loadable here");
+            return;
+        }
+        for arch in ["compute_80", "compute_90"] {
+            let opts = cudarc::nvrtc::CompileOptions {
+                fmad: Some(false),
+                arch: Some(arch),
+                ..Default::default()
+            };
+            let ptx = match cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts) {
+                Ok(p) => p.to_src(),
+                Err(e) => panic!("NVRTC ({arch}): {e:?}"),
+            };
+            for name in ENTRY_POINTS {
+                assert!(
+                    ptx.contains(&format!(".entry {name}(")),
+                    "{arch}: no entry {name}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn braces_and_parentheses_balance() {
         for (open, close) in [('{', '}'), ('(', ')'), ('[', ']')] {

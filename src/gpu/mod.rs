@@ -135,7 +135,10 @@ impl Dev {
         // One stream, stream-ordered raw pointers: no per-buffer events needed.
         // SAFETY: nothing here uses a second stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created stream: the legacy NULL stream cannot be captured into a graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow!("--device cuda: cannot create a stream: {e:?}"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
         let mode = if allow_tf32 {
             blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
