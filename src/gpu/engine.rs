@@ -185,17 +185,8 @@ impl GpuPhase1 {
                 .iter()
                 .map(|&v| v as i64)
                 .sum();
-            // ops::phase1_losses from the row sums
-            let frob = fr.sqrt();
-            let cvfp = sq / (rows * c) as f64;
-            let div = -frob / rows as f64;
             let scale = 1.0 / num_batches as f64;
-            let a = (scale * (1.0 - w) * 2.0 / (rows * c) as f64) as f32;
-            let b = if frob > 0.0 {
-                (scale * w / (frob * rows as f64)) as f32
-            } else {
-                0.0
-            };
+            let (cvfp, div, a, b) = batch_losses(sq, fr, rows, c, w, scale);
             dev.launch_n(
                 "p1_grad",
                 rows * c,
@@ -229,6 +220,28 @@ impl GpuPhase1 {
         dev.sync()?;
         Ok(st)
     }
+}
+
+/// ops::phase1_losses from the per-row sums of `p1_row_stats`:
+/// (cvfp, div, a, b) with dout = a (out - prev) - b (out - mean).
+fn batch_losses(
+    sq: f64,
+    fr: f64,
+    rows: usize,
+    c: usize,
+    w: f64,
+    scale: f64,
+) -> (f64, f64, f32, f32) {
+    let frob = fr.sqrt();
+    let cvfp = sq / (rows * c) as f64;
+    let div = -frob / rows as f64;
+    let a = (scale * (1.0 - w) * 2.0 / (rows * c) as f64) as f32;
+    let b = if frob > 0.0 {
+        (scale * w / (frob * rows as f64)) as f32
+    } else {
+        0.0
+    };
+    (cvfp, div, a, b)
 }
 
 /// A stream (ids + cache source) on the device, remembered by host address
@@ -729,5 +742,50 @@ impl Engine for GpuEngine {
     fn peak_device_bytes(&self) -> Option<u64> {
         self.dev.sample_memory();
         Some(self.dev.peak_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops;
+
+    /// The Phase-1 kernels' arithmetic (p1_row_stats, col_sum_f64, p1_grad),
+    /// transcribed to Rust, with `batch_losses` gives ops::phase1_losses.
+    #[test]
+    fn phase1_kernel_arithmetic_matches_ops() {
+        let (rows, n, w, thr, scale) = (7, 5, 0.8, 0.3, 0.25);
+        let mut out = vec![0.0f32; rows * n];
+        let mut prev = vec![0.0f32; rows * n];
+        ops::tests::fill(&mut out, 21);
+        ops::tests::fill(&mut prev, 22);
+        let mut want = vec![0.0f32; rows * n];
+        let (cvfp, div, conv) = ops::phase1_losses(&out, &prev, n, w, thr, scale, Some(&mut want));
+        let colsum: Vec<f64> = (0..n)
+            .map(|i| (0..rows).map(|r| out[r * n + i] as f64).sum())
+            .collect();
+        let (mut sq, mut fr, mut cv) = (0.0, 0.0, 0);
+        for r in 0..rows {
+            let (mut rs, mut rf) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let d = (out[r * n + i] - prev[r * n + i]) as f64;
+                rs += d * d;
+                let m = out[r * n + i] as f64 - colsum[i] / rows as f64;
+                rf += m * m;
+            }
+            sq += rs;
+            fr += rf;
+            cv += usize::from(rs / (n as f64) < thr);
+        }
+        let (c2, d2, a, b) = batch_losses(sq, fr, rows, n, w, scale);
+        assert!((c2 - cvfp).abs() < 1e-12 && (d2 - div).abs() < 1e-12 && cv == conv);
+        for idx in 0..rows * n {
+            let m = (colsum[idx % n] / rows as f64) as f32;
+            let g = a * (out[idx] - prev[idx]) - b * (out[idx] - m);
+            assert!(
+                (g - want[idx]).abs() <= 1e-7 * want[idx].abs().max(1e-3),
+                "{idx}"
+            );
+        }
     }
 }
