@@ -1014,8 +1014,15 @@ pub fn recurrent_pass(
                 None => (0, 0),
             };
             let warps = if l.proj.is_some() { 2 * l.out } else { l.out };
+            // 16-byte loads when every row start and vector allows them
+            let it = l.in_a + l.in_b;
+            let aligned = [blk.p(l.w), a, b, pw, res, blk.p(l.w + l.in_a)]
+                .iter()
+                .all(|&p| p % 16 == 0)
+                && [it, l.in_a, l.in_b, res_in(l)].iter().all(|&d| d % 4 == 0);
+            let kernel = if aligned { "gemv_rows4" } else { "gemv_rows" };
             dev.launch_n(
-                "gemv_rows",
+                kernel,
                 warps * 32,
                 &[
                     Arg::I(l.out as i32),
