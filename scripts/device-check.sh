@@ -12,6 +12,14 @@
 #   3. the seed preset's full 4-cell sweep on the GPU
 # then one table: per-stage seconds per cell, tokens/s, peak GPU memory.
 # Exit status: non-zero if any step failed.
+#
+# Preparing the run from a machine with the Rust toolchain (the binary and a
+# copy of the golden data travel as ignored paths, 64 MiB in all):
+#   cargo build --release --features cuda
+#   mkdir -p dist && cp target/release/newllm dist/ && strip dist/newllm
+#   cp -r ../shared/golden dist/golden
+# then on the GPU machine, from the repository root: scripts/device-check.sh
+# (NEWLLM_CUDA_GRAPHS=0 runs the recurrent pass without CUDA graphs.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-dist/newllm}

@@ -125,8 +125,12 @@ impl Dev {
     }
 
     fn open_inner(allow_tf32: bool) -> Result<Dev> {
-        let count = CudaContext::device_count()
-            .map_err(|e| anyhow!("--device cuda: the CUDA driver reports an error: {e:?}"))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            anyhow!(
+                "--device cuda: the CUDA driver could not be initialised ({e:?}); is a GPU \
+                     visible to this process? Use --set device=cpu otherwise"
+            )
+        })?;
         if count < 1 {
             bail!("--device cuda: the CUDA driver is loaded but sees no GPU; use --set device=cpu");
         }
