@@ -285,7 +285,9 @@ pub(crate) struct GpuPhase2 {
     correct: Buf<i32>,
     partial: Buf<f64>,
     cap: usize,
-    stream: Option<DevStream>,
+    /// The train and validation streams, uploaded once per Phase-2 run.
+    streams: Vec<DevStream>,
+    cur: usize,
 }
 
 impl GpuPhase2 {
@@ -321,21 +323,34 @@ impl GpuPhase2 {
             correct: dev.zeros(cap)?,
             partial: dev.zeros(super::kernels::SUMSQ_BLOCKS as usize)?,
             cap,
-            stream: None,
+            streams: Vec::new(),
+            cur: 0,
         })
     }
 
-    /// Makes `s` the device-resident stream (uploads only when it changed).
+    /// Makes `s` the current stream, uploading it the first time it is seen
+    /// (at most two are kept: train and validation). Streams are recognised
+    /// by their host slices, which callers keep alive and unchanged for the
+    /// life of this Phase-2 state.
     pub(crate) fn use_stream(&mut self, dev: &Dev, s: &Stream) -> Result<()> {
-        if self.stream.as_ref().map(|d| d.key) != Some(DevStream::key(s)) {
-            self.stream = None; // free the old one first
-            self.stream = Some(DevStream::upload(dev, s)?);
+        let key = DevStream::key(s);
+        match self.streams.iter().position(|d| d.key == key) {
+            Some(i) => self.cur = i,
+            None => {
+                if self.streams.len() == 2 {
+                    self.streams.remove(0); // free before the next upload
+                }
+                self.streams.push(DevStream::upload(dev, s)?);
+                self.cur = self.streams.len() - 1;
+            }
         }
         Ok(())
     }
 
     fn stream_bufs(&self) -> Result<&DevStream> {
-        self.stream.as_ref().context("no stream on the device")
+        self.streams
+            .get(self.cur)
+            .context("no stream on the device")
     }
 
     /// Phase2::forward: logits of positions start..start+rows.

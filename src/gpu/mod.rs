@@ -1074,6 +1074,8 @@ pub fn recurrent_pass(
                         .map_err(|e| anyhow!("CUDA graph launch: {e:?}"))?;
                 }
                 done = chunks * GRAPH_CHUNK;
+                // let the replays finish before the graph is destroyed
+                dev.sync()?;
             }
             Err(e) => eprintln!(
                 "  recurrent pass: CUDA graph capture failed ({e:#}); launching kernels directly"
