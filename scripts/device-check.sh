@@ -39,6 +39,9 @@ export LD_LIBRARY_PATH
 echo "== device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$BIN" --version
+echo "CUDA libraries the loader can see:"
+ldconfig -p 2>/dev/null | grep -oE "lib(cuda|cublas|cublasLt|nvrtc)\.so[.0-9]*" | sort -u | tr '\n' ' '
+echo "${LD_LIBRARY_PATH:+(plus LD_LIBRARY_PATH=$LD_LIBRARY_PATH)}"
 
 # Peak GPU memory over the whole check, sampled every 200 ms.
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/mem.txt" 2>/dev/null &
