@@ -123,6 +123,9 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 /// Runs every stage for `base` (the seed preset by default).
 pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
+    if base.device == "cuda" {
+        return crate::engine::bench_cuda(base, phase2_batch, seq_tokens);
+    }
     let threads = ops::set_threads(base.threads);
     eprintln!("bench: {threads} threads; measuring the GEMM peak and read bandwidth ...");
     let peak = gemm_peak();

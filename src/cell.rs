@@ -2,13 +2,13 @@
 //! -> Phase 2 -> checkpoint, with per-stage timing, an on-disk log written
 //! as it goes, and a memory estimate checked before anything large is made.
 
-use crate::cache::{sequential_pass, train_cache};
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, load_split, Split};
+use crate::engine::Engine;
 use crate::metrics::effective_rank;
 use crate::model::Model;
-use crate::phase1::{self, Phase1};
-use crate::phase2::{self, Phase2, Stream};
+use crate::phase1::Phase1;
+use crate::phase2::{Phase2, Stream};
 use crate::results::{CellResult, StageSeconds};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::TensorView;
@@ -195,12 +195,8 @@ pub fn load_checkpoint(path: &Path) -> Result<Model> {
 pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> Result<CellResult> {
     let t_all = Instant::now();
     let threads = crate::ops::set_threads(cfg.threads);
-    if cfg.device != "cpu" {
-        bail!(
-            "device {:?} is not available in this build; run with --set device=cpu",
-            cfg.device
-        );
-    }
+    // Fails here, before any data is read, when the device cannot run.
+    let mut engine = crate::engine::for_config(cfg)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let paths = CellPaths::new(dir, samples);
     let _ = std::fs::remove_file(&paths.log);
@@ -242,7 +238,7 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
 
     // ---- Phase 1
     let t = Instant::now();
-    let p1 = phase1::run(&mut model, &split.train, None, &mut |it| {
+    let p1 = Engine::phase1_run(&mut *engine, &mut model, &split.train, None, &mut |it| {
         eprintln!(
             "  phase1 iter {:>2}: loss {:+.5} cvfp {:.5} div {:+.5} conv {:.1}% ({:.1}s)",
             it.iteration,
@@ -266,11 +262,11 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
     let (train_er, _, _) = effective_rank(&p1.prev, c, cfg.effective_rank_max_rows, cfg.seed)?;
     secs.effective_rank = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let train_src = train_cache(&model, &split.train, &p1.prev, cfg.train_cache);
+    let train_src = engine.train_cache(&model, &split.train, &p1.prev)?;
     drop(p1.prev);
     secs.train_cache = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let val_src = sequential_pass(&model, &split.val, m - 1);
+    let val_src = engine.sequential_pass(&model, &split.val, m - 1)?;
     secs.val_cache = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let (val_er, _, _) = effective_rank(&val_src, c, cfg.effective_rank_max_rows, cfg.seed)?;
@@ -293,7 +289,7 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
         ids: &split.val,
         src: &val_src,
     };
-    let p2 = phase2::run(&mut model, &ts, &vs, &mut |e| {
+    let p2 = Engine::phase2_run(&mut *engine, &mut model, &ts, &vs, &mut |e| {
         eprintln!(
             "  phase2 epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
             e.epoch,
@@ -306,6 +302,19 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
     })
     .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
     secs.phase2 = t.elapsed().as_secs_f64();
+    if let Some(peak) = engine.peak_device_bytes() {
+        eprintln!(
+            "  {}: stages data {:.1}s phase1 {:.1}s train_cache {:.1}s val_cache {:.1}s phase2 {:.1}s | {:.0} train tokens/s in the train cache | peak device memory {}",
+            engine.describe(),
+            secs.data,
+            secs.phase1,
+            secs.train_cache,
+            secs.val_cache,
+            secs.phase2,
+            (n - 1) as f64 / secs.train_cache.max(1e-9),
+            gib(peak)
+        );
+    }
     model.token.params.data.copy_from_slice(&p2.best_params);
     save_checkpoint(&model, &paths.checkpoint)?;
     secs.total = t_all.elapsed().as_secs_f64();

@@ -93,6 +93,9 @@ pub struct Config {
     pub threads: usize,
     /// "cpu" or "cuda".
     pub device: String,
+    /// device = "cuda" only: let cuBLAS use TF32 tensor cores for the GEMMs
+    /// (faster, ~1e-3 relative error; off keeps f32 parity with the CPU).
+    pub cuda_allow_tf32: bool,
 }
 
 impl Default for Config {
@@ -129,6 +132,7 @@ impl Default for Config {
             effective_rank_max_rows: 10000,
             threads: 0,
             device: "cpu".to_string(),
+            cuda_allow_tf32: false,
         }
     }
 }

@@ -7,7 +7,11 @@ pub mod cache;
 pub mod cell;
 pub mod config;
 pub mod data;
+pub mod engine;
 pub mod generate;
+pub mod golden;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod metrics;
 pub mod model;
 pub mod ops;

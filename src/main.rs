@@ -101,6 +101,19 @@ enum Cmd {
         #[arg(long, default_value = "runs/bench.json")]
         out: PathBuf,
     },
+    /// The golden checks (tests/golden.rs) on a device, one line per
+    /// quantity; exits non-zero if any fails. For machines with only the binary.
+    Golden {
+        /// Directory holding the golden cases (NAME.safetensors + NAME.json).
+        #[arg(long, default_value = "../shared/golden")]
+        dir: PathBuf,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Cases to run (default: all four).
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
+    },
     /// Corpus tools.
     Data {
         #[command(subcommand)]
@@ -258,6 +271,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             cell::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
             println!("json: {}", out.display());
+        }
+        Cmd::Golden { dir, device, cases } => {
+            let names: Vec<&str> = if cases.is_empty() {
+                newllm::golden::CASES.to_vec()
+            } else {
+                cases.iter().map(String::as_str).collect()
+            };
+            let checks = newllm::golden::run_all(&dir, &device, &names)?;
+            print!("{}", newllm::golden::table(&checks));
+            let failed = checks.iter().filter(|c| !c.pass).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} golden checks failed on device {device}");
+            }
         }
         Cmd::Data {
             cmd:
