@@ -23,7 +23,12 @@ pub const CASES: [&str; 4] = [
     "true_k1_rand_shift",
 ];
 
-/// Post-step quantities get 3x the recommended f32 tolerance (see tests/golden.rs).
+/// Quantities computed after one or more Adam steps get 3x the README's
+/// recommended f32 tolerance, as the README advises for a float32
+/// implementation with another summation order ("loosen the post-step
+/// quantities first"). Pre-step quantities keep the recommended values.
+/// Measured worst case after the steps: 2x the recommended value (the
+/// Phase-1 gradient norm after 4 steps: 6e-6 against 1e-6, hence 1e-5 there).
 const POST: f64 = 3.0;
 
 /// One compared quantity: `error` is the relative error (tensors: max|a-g| /

@@ -316,8 +316,19 @@ fn atomic_write_replaces_whole_files() {
 fn a_cell_that_cannot_fit_in_memory_refuses_up_front() {
     let dir = temp_dir("memory");
     // 2^36 rows of 50,257 logits cannot fit anywhere; nothing is allocated for them.
-    let cfg = Config { phase2_batch_size: 1 << 36, ..tiny(write_corpus(&dir, 6)) };
-    let err = run_cell(&cfg, 4, &dir, &dir.join("cache")).unwrap_err().to_string();
-    assert!(err.contains("this cell needs about") && err.contains("GiB but only"), "{err}");
-    assert!(!CellPaths::new(&dir, 4).log.exists(), "refused before Phase 1 started");
+    let cfg = Config {
+        phase2_batch_size: 1 << 36,
+        ..tiny(write_corpus(&dir, 6))
+    };
+    let err = run_cell(&cfg, 4, &dir, &dir.join("cache"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("this cell needs about") && err.contains("GiB but only"),
+        "{err}"
+    );
+    assert!(
+        !CellPaths::new(&dir, 4).log.exists(),
+        "refused before Phase 1 started"
+    );
 }
