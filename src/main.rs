@@ -101,7 +101,7 @@ enum Cmd {
         #[arg(long, default_value = "runs/bench.json")]
         out: PathBuf,
     },
-    /// The golden checks (tests/golden.rs) on a device, one line per
+    /// The golden checks (src/golden.rs, also run by cargo test) on a device, one line per
     /// quantity; exits non-zero if any fails. For machines with only the binary.
     Golden {
         /// Directory holding the golden cases (NAME.safetensors + NAME.json).
