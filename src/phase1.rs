@@ -3,7 +3,7 @@
 //! training stream, gradients accumulated over `phase1_batch_size` batches.
 
 use crate::cache::sequential_pass;
-use crate::config::Phase1Init;
+use crate::config::{Config, Phase1Init};
 use crate::model::{BlockActs, Model};
 use crate::ops::{self, Adam};
 use crate::results::Phase1Iteration;
@@ -137,31 +137,38 @@ pub struct Phase1Outcome {
     pub converged: bool,
 }
 
-/// Runs Phase 1 on the training ids; `on_iteration` sees each log entry as
-/// it is made (for the on-disk log and progress output). `given_prev`
-/// replaces iteration 1's matrix (tests feed the original's random draw).
-pub fn run(
-    model: &mut Model,
-    ids: &[u32],
-    given_prev: Option<Vec<f32>>,
+/// The device-specific work of one Phase-1 iteration, so the CPU and the
+/// GPU share the loop, the log and the stopping rule in `iterate`.
+pub trait Phase1Steps {
+    /// Forward + backward over the whole stream with the current weights.
+    fn accumulate(&mut self) -> Result<IterationStats>;
+    /// Clips the accumulated gradient; returns its norm before clipping.
+    fn clip(&mut self, max_norm: f64) -> Result<f64>;
+    /// One Adam step, then prev = out (the pre-step outputs).
+    fn step_and_advance(&mut self) -> Result<()>;
+}
+
+/// Iterations 2..: accumulate, clip, step, log, stop on convergence or at
+/// `phase1_max_iterations`. Returns the log (iteration 1 first) and whether
+/// the convergence rule stopped it.
+pub fn iterate(
+    cfg: &Config,
+    n: usize,
+    init_seconds: f64,
+    steps: &mut dyn Phase1Steps,
     on_iteration: &mut dyn FnMut(&Phase1Iteration),
-) -> Result<Phase1Outcome> {
-    let cfg = model.cfg.clone();
-    let n = ids.len();
-    let t0 = Instant::now();
-    let mut p1 = Phase1::new(model, ids, given_prev);
+) -> Result<(Vec<Phase1Iteration>, bool)> {
     let first = Phase1Iteration {
         iteration: 1,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: init_seconds,
         ..Default::default()
     };
     on_iteration(&first);
     let mut log = vec![first];
-    let mut converged = false;
     for t in 2..=cfg.phase1_max_iterations {
         let t0 = Instant::now();
-        let st = p1.accumulate(model, ids);
-        let norm = ops::clip_grad_norm(&mut p1.grad, cfg.phase1_gradient_clip);
+        let st = steps.accumulate()?;
+        let norm = steps.clip(cfg.phase1_gradient_clip)?;
         if !st.total_loss.is_finite() || !norm.is_finite() {
             bail!(
                 "Phase 1 diverged at iteration {t}: loss {} (cvfp {}, div {}), gradient norm {norm}; \
@@ -171,8 +178,7 @@ pub fn run(
                 st.diversity_loss
             );
         }
-        p1.adam.step(&mut model.context.params.data, &p1.grad);
-        std::mem::swap(&mut p1.prev, &mut p1.out);
+        steps.step_and_advance()?;
         let rate = st.converged_tokens as f64 / n as f64;
         let entry = Phase1Iteration {
             iteration: t,
@@ -187,10 +193,53 @@ pub fn run(
         on_iteration(&entry);
         log.push(entry);
         if t >= cfg.phase1_min_iterations && rate >= cfg.phase1_min_converged_ratio {
-            converged = true;
-            break;
+            return Ok((log, true));
         }
     }
+    Ok((log, false))
+}
+
+struct CpuSteps<'a> {
+    p1: &'a mut Phase1,
+    model: &'a mut Model,
+    ids: &'a [u32],
+}
+
+impl Phase1Steps for CpuSteps<'_> {
+    fn accumulate(&mut self) -> Result<IterationStats> {
+        Ok(self.p1.accumulate(self.model, self.ids))
+    }
+    fn clip(&mut self, max_norm: f64) -> Result<f64> {
+        Ok(ops::clip_grad_norm(&mut self.p1.grad, max_norm))
+    }
+    fn step_and_advance(&mut self) -> Result<()> {
+        self.p1
+            .adam
+            .step(&mut self.model.context.params.data, &self.p1.grad);
+        std::mem::swap(&mut self.p1.prev, &mut self.p1.out);
+        Ok(())
+    }
+}
+
+/// Runs Phase 1 on the training ids; `on_iteration` sees each log entry as
+/// it is made (for the on-disk log and progress output). `given_prev`
+/// replaces iteration 1's matrix (tests feed the original's random draw).
+pub fn run(
+    model: &mut Model,
+    ids: &[u32],
+    given_prev: Option<Vec<f32>>,
+    on_iteration: &mut dyn FnMut(&Phase1Iteration),
+) -> Result<Phase1Outcome> {
+    let cfg = model.cfg.clone();
+    let t0 = Instant::now();
+    let mut p1 = Phase1::new(model, ids, given_prev);
+    let init_seconds = t0.elapsed().as_secs_f64();
+    let mut steps = CpuSteps {
+        p1: &mut p1,
+        model,
+        ids,
+    };
+    let (log, converged) = iterate(&cfg, ids.len(), init_seconds, &mut steps, on_iteration)?;
     Ok(Phase1Outcome {
         prev: p1.prev,
         log,

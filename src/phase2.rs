@@ -4,6 +4,7 @@
 //! validation loss with `phase2_patience` (0 = fixed epochs).
 
 use crate::cache::recompute_layers;
+use crate::config::Config;
 use crate::model::{BlockActs, Model};
 use crate::ops::{self, Adam};
 use crate::results::Epoch;
@@ -165,29 +166,41 @@ impl Phase2Outcome {
     }
 }
 
-pub fn run(
-    model: &mut Model,
-    train: &Stream,
-    val: &Stream,
+/// The device-specific work of Phase 2, so the CPU and the GPU share the
+/// epoch loop and the early-stopping rule in `epochs`.
+pub trait Phase2Steps {
+    /// One epoch over the training positions; the token-weighted mean loss.
+    fn train_epoch(&mut self, epoch: usize) -> Result<f64>;
+    /// Mean validation loss and the number of correct argmax predictions.
+    fn evaluate(&mut self) -> Result<(f64, usize)>;
+    /// Keeps the current weights as the best so far.
+    fn keep_best(&mut self) -> Result<()>;
+}
+
+/// The epochs as run, with the early-stopping decisions.
+pub struct EpochLog {
+    pub epochs: Vec<Epoch>,
+    pub best_epoch: usize,
+    pub stop_epoch: usize,
+    pub early_stopped: bool,
+}
+
+/// Trains epoch after epoch, validating after each; best = strictly lower
+/// validation loss; stops after `phase2_patience` epochs without
+/// improvement (0 = never) or after `phase2_epochs`.
+pub fn epochs(
+    cfg: &Config,
+    val_positions: usize,
+    steps: &mut dyn Phase2Steps,
     on_epoch: &mut dyn FnMut(&Epoch),
-) -> Result<Phase2Outcome> {
-    if train.positions() == 0 || val.positions() == 0 {
-        bail!(
-            "Phase 2 needs at least 2 training and 2 validation tokens (got {} and {})",
-            train.ids.len(),
-            val.ids.len()
-        );
-    }
-    let cfg = model.cfg.clone();
-    let mut p2 = Phase2::new(model);
+) -> Result<EpochLog> {
     let mut epochs: Vec<Epoch> = Vec::new();
     let (mut best_epoch, mut best_loss, mut since_best) = (0, f64::INFINITY, 0);
-    let mut best_params = model.token.params.data.clone();
     let mut early_stopped = false;
     for epoch in 1..=cfg.phase2_epochs {
         let t0 = Instant::now();
-        let train_loss = p2.train_epoch(model, train, epoch)?;
-        let (val_loss, correct) = p2.evaluate(model, val);
+        let train_loss = steps.train_epoch(epoch)?;
+        let (val_loss, correct) = steps.evaluate()?;
         if !val_loss.is_finite() {
             bail!("Phase 2 diverged at epoch {epoch}: validation loss {val_loss}");
         }
@@ -197,7 +210,7 @@ pub fn run(
             train_ppl: train_loss.exp(),
             val_loss,
             val_ppl: val_loss.exp(),
-            val_acc: correct as f64 / val.positions() as f64,
+            val_acc: correct as f64 / val_positions as f64,
             seconds: t0.elapsed().as_secs_f64(),
         };
         on_epoch(&e);
@@ -206,7 +219,7 @@ pub fn run(
             best_loss = val_loss;
             best_epoch = epoch;
             since_best = 0;
-            best_params.copy_from_slice(&model.token.params.data);
+            steps.keep_best()?;
         } else {
             since_best += 1;
             if cfg.phase2_patience > 0 && since_best >= cfg.phase2_patience {
@@ -216,11 +229,71 @@ pub fn run(
         }
     }
     let stop_epoch = epochs.len();
-    Ok(Phase2Outcome {
+    Ok(EpochLog {
         epochs,
         best_epoch,
         stop_epoch,
         early_stopped,
+    })
+}
+
+/// Refuses streams too short to have a single prediction.
+pub fn check_streams(train: &Stream, val: &Stream) -> Result<()> {
+    if train.positions() == 0 || val.positions() == 0 {
+        bail!(
+            "Phase 2 needs at least 2 training and 2 validation tokens (got {} and {})",
+            train.ids.len(),
+            val.ids.len()
+        );
+    }
+    Ok(())
+}
+
+struct CpuSteps<'a, 'b> {
+    p2: Phase2,
+    model: &'a mut Model,
+    train: &'a Stream<'b>,
+    val: &'a Stream<'b>,
+    best_params: Vec<f32>,
+}
+
+impl Phase2Steps for CpuSteps<'_, '_> {
+    fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
+        self.p2.train_epoch(self.model, self.train, epoch)
+    }
+    fn evaluate(&mut self) -> Result<(f64, usize)> {
+        Ok(self.p2.evaluate(self.model, self.val))
+    }
+    fn keep_best(&mut self) -> Result<()> {
+        self.best_params
+            .copy_from_slice(&self.model.token.params.data);
+        Ok(())
+    }
+}
+
+pub fn run(
+    model: &mut Model,
+    train: &Stream,
+    val: &Stream,
+    on_epoch: &mut dyn FnMut(&Epoch),
+) -> Result<Phase2Outcome> {
+    check_streams(train, val)?;
+    let cfg = model.cfg.clone();
+    let p2 = Phase2::new(model);
+    let best_params = model.token.params.data.clone();
+    let mut steps = CpuSteps {
+        p2,
+        model,
+        train,
+        val,
         best_params,
+    };
+    let log = epochs(&cfg, val.positions(), &mut steps, on_epoch)?;
+    Ok(Phase2Outcome {
+        epochs: log.epochs,
+        best_epoch: log.best_epoch,
+        stop_epoch: log.stop_epoch,
+        early_stopped: log.early_stopped,
+        best_params: steps.best_params,
     })
 }

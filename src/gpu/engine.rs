@@ -11,8 +11,8 @@ use super::{
 use crate::config::{Config, Phase1Init, TrainCache};
 use crate::engine::{BatchOutcome, Engine, FirstIteration};
 use crate::model::Model;
-use crate::phase1::{IterationStats, Phase1Outcome};
-use crate::phase2::{Phase2Outcome, Stream};
+use crate::phase1::{self, IterationStats, Phase1Outcome};
+use crate::phase2::{self, Phase2Outcome, Stream};
 use crate::results::{Epoch, Phase1Iteration};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
@@ -523,6 +523,56 @@ impl GpuEngine {
     }
 }
 
+/// Phase-1 iteration steps on the device, for the shared loop in phase1.rs.
+struct GpuPhase1Steps<'a> {
+    dev: &'a Dev,
+    dm: &'a DevModel,
+    p1: &'a mut GpuPhase1,
+    cfg: &'a Config,
+}
+
+impl phase1::Phase1Steps for GpuPhase1Steps<'_> {
+    fn accumulate(&mut self) -> Result<IterationStats> {
+        self.p1.accumulate(self.dev, self.dm, self.cfg)
+    }
+    fn clip(&mut self, max_norm: f64) -> Result<f64> {
+        clip_grad_norm(self.dev, &self.p1.grad, &self.p1.partial, max_norm)
+    }
+    fn step_and_advance(&mut self) -> Result<()> {
+        self.p1
+            .adam
+            .step(self.dev, &self.dm.ctx.params, &self.p1.grad)?;
+        std::mem::swap(&mut self.p1.prev, &mut self.p1.out);
+        self.dev.sync()
+    }
+}
+
+/// Phase-2 epochs on the device, for the shared loop in phase2.rs.
+struct GpuPhase2Steps<'a, 'b> {
+    dev: &'a Dev,
+    cfg: &'a Config,
+    p2: &'a mut GpuPhase2,
+    train: &'a Stream<'b>,
+    val: &'a Stream<'b>,
+    best: &'a Buf<f32>,
+}
+
+impl phase2::Phase2Steps for GpuPhase2Steps<'_, '_> {
+    fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
+        self.p2.train_epoch(self.dev, self.cfg, self.train, epoch)
+    }
+    fn evaluate(&mut self) -> Result<(f64, usize)> {
+        self.p2.evaluate(self.dev, self.cfg, self.val)
+    }
+    fn keep_best(&mut self) -> Result<()> {
+        self.dev.copy_f32(
+            self.best.ptr,
+            self.p2.tok.params.ptr,
+            self.p2.tok.params.len,
+        )
+    }
+}
+
 impl Engine for GpuEngine {
     fn describe(&self) -> String {
         format!("cuda ({})", self.dev.name)
@@ -536,54 +586,20 @@ impl Engine for GpuEngine {
         on_iteration: &mut dyn FnMut(&Phase1Iteration),
     ) -> Result<Phase1Outcome> {
         let cfg = model.cfg.clone();
-        let n = ids.len();
         let dev = &self.dev;
         let t0 = Instant::now();
         let dm = DevModel::upload(dev, model)?;
         let mut p1 = GpuPhase1::new(dev, &dm, model, ids, given_prev, self.graphs)?;
         dev.sync()?;
-        let first = Phase1Iteration {
-            iteration: 1,
-            seconds: t0.elapsed().as_secs_f64(),
-            ..Default::default()
+        let init_seconds = t0.elapsed().as_secs_f64();
+        let mut steps = GpuPhase1Steps {
+            dev,
+            dm: &dm,
+            p1: &mut p1,
+            cfg: &cfg,
         };
-        on_iteration(&first);
-        let mut log = vec![first];
-        let mut converged = false;
-        for t in 2..=cfg.phase1_max_iterations {
-            let t0 = Instant::now();
-            let st = p1.accumulate(dev, &dm, &cfg)?;
-            let norm = clip_grad_norm(dev, &p1.grad, &p1.partial, cfg.phase1_gradient_clip)?;
-            if !st.total_loss.is_finite() || !norm.is_finite() {
-                bail!(
-                    "Phase 1 diverged at iteration {t}: loss {} (cvfp {}, div {}), gradient norm {norm}; \
-                     try a lower phase1_learning_rate or dist_reg_weight",
-                    st.total_loss,
-                    st.cvfp_loss,
-                    st.diversity_loss
-                );
-            }
-            p1.adam.step(dev, &dm.ctx.params, &p1.grad)?;
-            std::mem::swap(&mut p1.prev, &mut p1.out);
-            dev.sync()?;
-            let rate = st.converged_tokens as f64 / n as f64;
-            let entry = Phase1Iteration {
-                iteration: t,
-                total_loss: st.total_loss,
-                cvfp_loss: st.cvfp_loss,
-                diversity_loss: st.diversity_loss,
-                convergence_rate: rate,
-                converged_tokens: st.converged_tokens,
-                grad_norm_before_clip: norm,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            on_iteration(&entry);
-            log.push(entry);
-            if t >= cfg.phase1_min_iterations && rate >= cfg.phase1_min_converged_ratio {
-                converged = true;
-                break;
-            }
-        }
+        let (log, converged) =
+            phase1::iterate(&cfg, ids.len(), init_seconds, &mut steps, on_iteration)?;
         model.context.params.data = dev.read(dm.ctx.params.ptr, dm.ctx.params.len)?;
         let prev = dev.read(p1.prev.ptr, p1.prev.len)?;
         Ok(Phase1Outcome {
@@ -695,61 +711,29 @@ impl Engine for GpuEngine {
         val: &Stream,
         on_epoch: &mut dyn FnMut(&Epoch),
     ) -> Result<Phase2Outcome> {
-        if train.positions() == 0 || val.positions() == 0 {
-            bail!(
-                "Phase 2 needs at least 2 training and 2 validation tokens (got {} and {})",
-                train.ids.len(),
-                val.ids.len()
-            );
-        }
+        phase2::check_streams(train, val)?;
         let cfg = model.cfg.clone();
         let dev = &self.dev;
         self.p2 = None;
         let mut p2 = GpuPhase2::new(dev, model)?;
-        let plen = p2.tok.params.len;
         let best = dev.upload(&model.token.params.data)?;
-        let mut epochs: Vec<Epoch> = Vec::new();
-        let (mut best_epoch, mut best_loss, mut since_best) = (0, f64::INFINITY, 0);
-        let mut early_stopped = false;
-        for epoch in 1..=cfg.phase2_epochs {
-            let t0 = Instant::now();
-            let train_loss = p2.train_epoch(dev, &cfg, train, epoch)?;
-            let (val_loss, correct) = p2.evaluate(dev, &cfg, val)?;
-            if !val_loss.is_finite() {
-                bail!("Phase 2 diverged at epoch {epoch}: validation loss {val_loss}");
-            }
-            let e = Epoch {
-                epoch,
-                train_loss,
-                train_ppl: train_loss.exp(),
-                val_loss,
-                val_ppl: val_loss.exp(),
-                val_acc: correct as f64 / val.positions() as f64,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            on_epoch(&e);
-            epochs.push(e);
-            if val_loss < best_loss {
-                best_loss = val_loss;
-                best_epoch = epoch;
-                since_best = 0;
-                dev.copy_f32(best.ptr, p2.tok.params.ptr, plen)?;
-            } else {
-                since_best += 1;
-                if cfg.phase2_patience > 0 && since_best >= cfg.phase2_patience {
-                    early_stopped = true;
-                    break;
-                }
-            }
-        }
-        let stop_epoch = epochs.len();
+        let mut steps = GpuPhase2Steps {
+            dev,
+            cfg: &cfg,
+            p2: &mut p2,
+            train,
+            val,
+            best: &best,
+        };
+        let log = phase2::epochs(&cfg, val.positions(), &mut steps, on_epoch)?;
+        let plen = p2.tok.params.len;
         model.token.params.data = dev.read(p2.tok.params.ptr, plen)?;
         let best_params = dev.read(best.ptr, plen)?;
         Ok(Phase2Outcome {
-            epochs,
-            best_epoch,
-            stop_epoch,
-            early_stopped,
+            epochs: log.epochs,
+            best_epoch: log.best_epoch,
+            stop_epoch: log.stop_epoch,
+            early_stopped: log.early_stopped,
             best_params,
         })
     }
