@@ -104,7 +104,12 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
     bytes as f64 / s / 1e9
 }
 
-fn stage(name: &str, (seconds, flops): (f64, u64), peak: f64, note: String) -> StageResult {
+pub(crate) fn stage(
+    name: &str,
+    (seconds, flops): (f64, u64),
+    peak: f64,
+    note: String,
+) -> StageResult {
     let gflops = flops as f64 / seconds / 1e9;
     StageResult {
         stage: name.to_string(),
@@ -116,7 +121,7 @@ fn stage(name: &str, (seconds, flops): (f64, u64), peak: f64, note: String) -> S
     }
 }
 
-fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+pub(crate) fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.below(vocab) as u32).collect()
 }

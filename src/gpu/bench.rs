@@ -6,7 +6,7 @@
 
 use super::engine::{DevModel, GpuPhase1, GpuPhase2};
 use super::{recurrent_pass, Dev, GpuEngine};
-use crate::bench::{BenchReport, StageResult};
+use crate::bench::{random_ids, stage, BenchReport};
 use crate::cell::{gib, predict_peak_bytes};
 use crate::config::Config;
 use crate::model::{Block, Model};
@@ -43,23 +43,6 @@ fn matrix_weights(b: &Block) -> u64 {
             (l.out * (l.in_a + l.in_b) + proj) as u64
         })
         .sum()
-}
-
-fn stage(name: &str, seconds: f64, flops: u64, peak: f64, note: String) -> StageResult {
-    let gflops = flops as f64 / seconds / 1e9;
-    StageResult {
-        stage: name.to_string(),
-        seconds,
-        gemm_flops: flops,
-        gflops,
-        fraction_of_gemm_peak: gflops / peak,
-        note,
-    }
-}
-
-fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.below(vocab) as u32).collect()
 }
 
 pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
@@ -124,8 +107,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         dev.sample_memory();
         stages.push(stage(
             "phase2_step",
-            secs,
-            flops,
+            (secs, flops),
             peak,
             format!(
                 "batch {phase2_batch}, {:.0} tokens/s",
@@ -157,8 +139,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         let flops = 6 * n as u64 * matrix_weights(&model.context);
         stages.push(stage(
             name,
-            secs,
-            flops,
+            (secs, flops),
             peak,
             format!("{n} rows, {:.0} tokens/s", n as f64 / secs),
         ));
@@ -187,8 +168,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
             } else {
                 "sequential_pass_no_graph"
             },
-            secs,
-            flops,
+            (secs, flops),
             peak,
             format!(
                 "{seq_tokens} tokens, {t:.0} tokens/s, {:.0}% of copy bandwidth",
