@@ -639,40 +639,30 @@ impl Model {
             dz,
             ..
         } = acts;
-        // dL/d(layer input) ping-pongs between d_a and d_b on the way down.
-        let (mut cur, mut next): (&mut [f32], &mut [f32]) = (d_a, d_b);
-        for i in (0..n).rev() {
+        // dL/d(layer output) starts as `dout`, then ping-pongs between d_a
+        // and d_b on the way down (the k-th layer from the top writes d_a
+        // when k is even); layer 0 has no input gradient to write.
+        for (k, i) in (0..n).rev().enumerate() {
             let l = &self.context.layers[i];
             let a = if i == 0 { c } else { &layers[i - 1].y[..] };
             let b = if l.in_b > 0 { x } else { &[][..] };
-            if i == n - 1 {
-                layer_backward(
-                    p,
-                    grad,
-                    l,
-                    a,
-                    b,
-                    rows,
-                    &layers[i],
-                    dout,
-                    dz,
-                    (i > 0).then_some(&mut *cur),
-                );
-            } else {
-                layer_backward(
-                    p,
-                    grad,
-                    l,
-                    a,
-                    b,
-                    rows,
-                    &layers[i],
-                    cur,
-                    dz,
-                    (i > 0).then_some(&mut *next),
-                );
-                std::mem::swap(&mut cur, &mut next);
-            }
+            let (dy, dres): (&mut [f32], &mut [f32]) = match k {
+                0 => (&mut *dout, &mut *d_a),
+                _ if k % 2 == 1 => (&mut *d_a, &mut *d_b),
+                _ => (&mut *d_b, &mut *d_a),
+            };
+            layer_backward(
+                p,
+                grad,
+                l,
+                a,
+                b,
+                rows,
+                &layers[i],
+                dy,
+                dz,
+                (i > 0).then_some(dres),
+            );
         }
     }
 

@@ -689,41 +689,26 @@ pub fn context_backward(
     dout: u64,
 ) -> Result<()> {
     let n = blk.layers.len();
-    let (mut cur, mut next) = (acts.d_a.ptr, acts.d_b.ptr);
-    for i in (0..n).rev() {
+    // dL/d(layer output) starts as `dout`, then ping-pongs between d_a and
+    // d_b on the way down (the k-th layer from the top writes d_a when k is even).
+    let bufs = [acts.d_a.ptr, acts.d_b.ptr];
+    for (k, i) in (0..n).rev().enumerate() {
         let l = &blk.layers[i];
         let a = if i == 0 { c } else { acts.layers[i - 1].y.ptr };
         let b = if l.in_b > 0 { x } else { 0 };
-        if i == n - 1 {
-            let dres = (i > 0).then_some(cur);
-            layer_backward(
-                dev,
-                blk,
-                grad,
-                l,
-                (a, b),
-                rows,
-                &acts.layers[i],
-                dout,
-                acts.dz.ptr,
-                dres,
-            )?;
-        } else {
-            let dres = (i > 0).then_some(next);
-            layer_backward(
-                dev,
-                blk,
-                grad,
-                l,
-                (a, b),
-                rows,
-                &acts.layers[i],
-                cur,
-                acts.dz.ptr,
-                dres,
-            )?;
-            std::mem::swap(&mut cur, &mut next);
-        }
+        let dy = if k == 0 { dout } else { bufs[(k - 1) % 2] };
+        layer_backward(
+            dev,
+            blk,
+            grad,
+            l,
+            (a, b),
+            rows,
+            &acts.layers[i],
+            dy,
+            acts.dz.ptr,
+            (i > 0).then_some(bufs[k % 2]),
+        )?;
     }
     Ok(())
 }
