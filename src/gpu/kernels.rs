@@ -39,26 +39,16 @@ pub const SOURCE: &str = r#"
 // NVRTC compiles without system headers: no size_t, no INFINITY.
 typedef unsigned long long u64;
 
-// Block-wide sum of one double per thread; every thread gets the total.
-// `sh` holds ROW_THREADS / 32 doubles.
-__device__ double block_sum_d(double v, double* sh) {
+// Block-wide sum of one value per thread; every thread gets the total.
+// `sh` holds ROW_THREADS / 32 values.
+template <typename T>
+__device__ T block_sum(T v, T* sh) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     __syncthreads();
     if (lane == 0) sh[warp] = v;
     __syncthreads();
-    double t = 0.0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += sh[w];
-    return t;
-}
-
-__device__ float block_sum_f(float v, float* sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    float t = 0.0f;
+    T t = 0;
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += sh[w];
     return t;
 }
@@ -85,13 +75,13 @@ extern "C" __global__ void ln_fwd_fused(int rows, int n, float* h, const float* 
         yr[i] = z;
         s += (double)z;
     }
-    double mean = block_sum_d(s, sh) / (double)n;
+    double mean = block_sum<double>(s, sh) / (double)n;
     double v = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         double d = (double)yr[i] - mean;
         v += d * d;
     }
-    double var = block_sum_d(v, sh) / (double)n;
+    double var = block_sum<double>(v, sh) / (double)n;
     float sc = (float)(1.0 / sqrt(var + 1e-5));
     float m32 = (float)mean;
     if (threadIdx.x == 0) rstd[r] = sc;
@@ -120,8 +110,8 @@ extern "C" __global__ void ln_bwd(int rows, int n, float* dy, const float* xhat,
         md += d;
         mdx += d * xr[i];
     }
-    md = block_sum_f(md, sh) / (float)n;
-    mdx = block_sum_f(mdx, sh) / (float)n;
+    md = block_sum<float>(md, sh) / (float)n;
+    mdx = block_sum<float>(mdx, sh) / (float)n;
     float s = rstd[r];
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float z = s * (dyr[i] * g[i] - md - xr[i] * mdx);
@@ -341,7 +331,7 @@ extern "C" __global__ void softmax_xent(int rows, int V, float* logits, const un
         s += (double)e;
         if (grad) row[i] = e;
     }
-    double tot = block_sum_d(s, sh);
+    double tot = block_sum<double>(s, sh);
     if (grad) {
         float scale = (float)(1.0 / tot) * inv_rows;
         for (int i = threadIdx.x; i < V; i += blockDim.x) row[i] *= scale;
@@ -386,8 +376,8 @@ extern "C" __global__ void p1_row_stats(int rows, int n, const float* out, const
         double m = (double)o[i] - colsum[i] / (double)rows;
         fr += m * m;
     }
-    sq = block_sum_d(sq, sh);
-    fr = block_sum_d(fr, sh);
+    sq = block_sum<double>(sq, sh);
+    fr = block_sum<double>(fr, sh);
     if (threadIdx.x == 0) {
         row_sq[r] = sq;
         row_fr[r] = fr;
@@ -414,7 +404,7 @@ extern "C" __global__ void sumsq_partial(long long n, const float* g, double* pa
         double v = (double)g[i];
         s += v * v;
     }
-    s = block_sum_d(s, sh);
+    s = block_sum<double>(s, sh);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
