@@ -126,6 +126,29 @@ pub(crate) fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab) as u32).collect()
 }
 
+/// The Phase-1 bench input: the model in the given mode, one
+/// `phase1_batch_size` batch of random ids and random previous contexts.
+pub(crate) fn phase1_input(base: &Config, all_layers: bool) -> Result<(Model, Vec<u32>, Vec<f32>)> {
+    let cfg = Config {
+        token_input_all_layers: all_layers,
+        ..base.clone()
+    };
+    let model = Model::new(&cfg, None)?;
+    let n = cfg.phase1_batch_size;
+    let ids = random_ids(n, cfg.vocab_size, 6);
+    let mut prev = vec![0.0f32; n * cfg.context_dim];
+    Rng::new(7).fill_normal(&mut prev, 0.1);
+    Ok((model, ids, prev))
+}
+
+pub(crate) fn phase1_stage_name(all_layers: bool) -> &'static str {
+    if all_layers {
+        "phase1_iteration_true"
+    } else {
+        "phase1_iteration_false"
+    }
+}
+
 /// Runs every stage for `base` (the seed preset by default).
 pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
     if base.device == "cuda" {
@@ -178,26 +201,14 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
 
     // Phase 1: one full iteration over one batch of rows, both modes.
     for all_layers in [false, true] {
-        let cfg = Config {
-            token_input_all_layers: all_layers,
-            ..base.clone()
-        };
-        let model = Model::new(&cfg, None)?;
-        let n = cfg.phase1_batch_size;
-        let ids = random_ids(n, cfg.vocab_size, 6);
-        let mut prev = vec![0.0f32; n * cfg.context_dim];
-        Rng::new(7).fill_normal(&mut prev, 0.1);
+        let (model, ids, prev) = phase1_input(base, all_layers)?;
+        let n = ids.len();
         let mut p1 = Phase1::new(&model, &ids, Some(prev));
         let t = time_it(2, || {
             p1.accumulate(&model, &ids);
         });
-        let name = if all_layers {
-            "phase1_iteration_true"
-        } else {
-            "phase1_iteration_false"
-        };
         stages.push(stage(
-            name,
+            phase1_stage_name(all_layers),
             t,
             peak,
             format!("{n} rows, {:.0} tokens/s", n as f64 / t.0),

@@ -6,7 +6,7 @@
 
 use super::engine::{DevModel, GpuPhase1, GpuPhase2};
 use super::{recurrent_pass, Dev, GpuEngine};
-use crate::bench::{random_ids, stage, BenchReport};
+use crate::bench::{phase1_input, phase1_stage_name, random_ids, stage, BenchReport};
 use crate::cell::{gib, predict_peak_bytes};
 use crate::config::Config;
 use crate::model::{Block, Model};
@@ -118,27 +118,15 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
 
     // Phase 1: one iteration over one batch of rows, both modes.
     for all_layers in [false, true] {
-        let cfg = Config {
-            token_input_all_layers: all_layers,
-            ..base.clone()
-        };
-        let model = Model::new(&cfg, None)?;
-        let n = cfg.phase1_batch_size;
-        let ids = random_ids(n, cfg.vocab_size, 6);
-        let mut prev = vec![0.0f32; n * cfg.context_dim];
-        Rng::new(7).fill_normal(&mut prev, 0.1);
+        let (model, ids, prev) = phase1_input(base, all_layers)?;
+        let (cfg, n) = (&model.cfg, ids.len());
         let dm = DevModel::upload(dev, &model)?;
         let mut p1 = GpuPhase1::new(dev, &dm, &model, &ids, Some(prev), true)?;
-        let secs = time_it(dev, 2, || p1.accumulate(dev, &dm, &cfg).map(|_| ()))?;
+        let secs = time_it(dev, 2, || p1.accumulate(dev, &dm, cfg).map(|_| ()))?;
         dev.sample_memory();
-        let name = if all_layers {
-            "phase1_iteration_true"
-        } else {
-            "phase1_iteration_false"
-        };
         let flops = 6 * n as u64 * matrix_weights(&model.context);
         stages.push(stage(
-            name,
+            phase1_stage_name(all_layers),
             (secs, flops),
             peak,
             format!("{n} rows, {:.0} tokens/s", n as f64 / secs),
