@@ -153,6 +153,7 @@ impl Config {
     /// (`phase2_patience=3`, `phase1_init=random`, `sample_counts=[10,20]`).
     pub fn apply_overrides(&mut self, sets: &[String]) -> Result<()> {
         let mut table = toml::Table::try_from(&*self).context("serialising config")?;
+        let mut cfg = self.clone();
         for set in sets {
             let (key, value) = set
                 .split_once('=')
@@ -170,10 +171,11 @@ impl Config {
                 Err(_) => toml::Value::String(value.to_string()),
             };
             table.insert(key.to_string(), parsed);
+            // Converted per setting, so a type error names the field it came from.
+            cfg = table.clone().try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!("--set {set:?}: field {key:?}: {}", e.message())
+            })?;
         }
-        let cfg: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("--set: {}", e.message()))?;
         cfg.validate()?;
         *self = cfg;
         Ok(())
@@ -322,6 +324,11 @@ mod tests {
             .apply_overrides(&["phase2_batch_size=0".into()])
             .unwrap_err();
         assert!(err.to_string().contains("phase2_batch_size"), "{err}");
+        let err = c.apply_overrides(&["num_layers=abc".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--set \"num_layers=abc\": field \"num_layers\": invalid type: string \"abc\", expected usize"
+        );
     }
 
     #[test]
