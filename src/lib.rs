@@ -1,26 +1,23 @@
 //! newllm: the New-LLM language model (fixed-point ContextBlock + TokenBlock)
 //! and its scaling experiments. See ../shared/spec/ALGORITHM.md for the
-//! algorithm; module names follow its sections.
+//! algorithm.
+//!
+//! `models/` holds each model top to bottom (`models/newllm/`); `experiment/`
+//! runs cells, sweeps and comparisons and writes the analysis without knowing
+//! any model's internals; `data/` reads corpora into token streams. Shared by
+//! all: `ops` (the numeric kernels), `train_loop` (epochs and early stopping),
+//! `cell_result` (what a cell records), `config`, `memory`, `io`, `rng`,
+//! `progress`; `bench` times the stages.
 
 pub mod bench;
-pub mod cache;
-pub mod cell;
+pub mod cell_result;
 pub mod config;
 pub mod data;
-pub mod engine;
-pub mod generate;
-pub mod golden;
-#[cfg(feature = "cuda")]
-pub mod gpu;
-pub mod metrics;
-pub mod model;
+pub mod experiment;
+pub mod io;
+pub mod memory;
+pub mod models;
 pub mod ops;
-pub mod phase1;
-pub mod phase2;
-pub mod plots;
 pub mod progress;
-pub mod report;
-pub mod results;
 pub mod rng;
-pub mod stats;
-pub mod sweep;
+pub mod train_loop;

@@ -2,8 +2,14 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use newllm::cell::{self, run_cell};
 use newllm::config::Config;
+use newllm::experiment::cell::{run_cell, summary_line};
+use newllm::experiment::report::wording::alpha_sentence;
+use newllm::experiment::results::SweepResults;
+use newllm::experiment::sweep;
+use newllm::memory::gib;
+use newllm::models::newllm::{checkpoint, generate, golden};
+use newllm::models::CellPaths;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -153,7 +159,7 @@ enum DataCmd {
 }
 
 /// The seed's summary table and scaling line on stdout.
-fn print_sweep(r: &newllm::results::SweepResults, dir: &std::path::Path) {
+fn print_sweep(r: &SweepResults, dir: &std::path::Path) {
     println!("| Samples | Tokens | Val PPL | Val Acc | Train ER | Val ER | best/stop epoch |");
     println!("|---|---|---|---|---|---|---|");
     for c in &r.cells {
@@ -170,7 +176,7 @@ fn print_sweep(r: &newllm::results::SweepResults, dir: &std::path::Path) {
         );
     }
     if let Some(f) = &r.scaling {
-        println!("{}", newllm::report::alpha_sentence(f));
+        println!("{}", alpha_sentence(f));
     }
     println!("report: {}", dir.join("report.md").display());
 }
@@ -189,7 +195,7 @@ fn run(cli: Cli) -> Result<()> {
             let samples =
                 samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
             let r = run_cell(&cfg, samples, &out, &run.cache_dir)?;
-            println!("{}", cell::summary_line(&r));
+            println!("{}", summary_line(&r));
             let s = &r.seconds;
             println!(
                 "stages: data {:.1}s | phase1 {:.1}s ({} iterations) | train cache {:.1}s | val cache {:.1}s | ER {:.1}s | phase2 {:.1}s | peak RSS {} (predicted {})",
@@ -200,24 +206,21 @@ fn run(cli: Cli) -> Result<()> {
                 s.val_cache,
                 s.effective_rank,
                 s.phase2,
-                cell::gib(r.measured_peak_bytes),
-                cell::gib(r.predicted_peak_bytes)
+                gib(r.measured_peak_bytes),
+                gib(r.predicted_peak_bytes)
             );
-            println!(
-                "result: {}",
-                cell::CellPaths::new(&out, samples).result.display()
-            );
+            println!("result: {}", CellPaths::new(&out, samples).result.display());
         }
         Cmd::Sweep { run, out, cell } => {
             let cfg = run.config()?;
             let t0 = std::time::Instant::now();
-            if let Some(r) = newllm::sweep::run_sweep(&cfg, &out, &run.cache_dir, cell)? {
+            if let Some(r) = sweep::run_sweep(&cfg, &out, &run.cache_dir, cell)? {
                 print_sweep(&r, &out);
                 println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
             }
         }
         Cmd::Report { dir } => {
-            let r = newllm::sweep::report_dir(&dir)?;
+            let r = sweep::report_dir(&dir)?;
             print_sweep(&r, &dir);
         }
         Cmd::Compare {
@@ -227,7 +230,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => {
             let sides = match vary {
-                Some(v) => newllm::sweep::vary_sides(&run.config()?, &v)?,
+                Some(v) => sweep::vary_sides(&run.config()?, &v)?,
                 None => {
                     if presets.len() < 2 {
                         anyhow::bail!(
@@ -247,7 +250,7 @@ fn run(cli: Cli) -> Result<()> {
                         .collect::<Result<Vec<_>>>()?
                 }
             };
-            newllm::sweep::run_compare(&sides, &out, &run.cache_dir)?;
+            sweep::run_compare(&sides, &out, &run.cache_dir)?;
             println!("comparison: {}", out.join("compare.md").display());
         }
         Cmd::Bench {
@@ -269,17 +272,17 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            cell::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            newllm::io::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
             println!("json: {}", out.display());
         }
         Cmd::Golden { dir, device, cases } => {
             let names: Vec<&str> = if cases.is_empty() {
-                newllm::golden::CASES.to_vec()
+                golden::CASES.to_vec()
             } else {
                 cases.iter().map(String::as_str).collect()
             };
-            let checks = newllm::golden::run_all(&dir, &device, &names)?;
-            print!("{}", newllm::golden::table(&checks));
+            let checks = golden::run_all(&dir, &device, &names)?;
+            print!("{}", golden::table(&checks));
             let failed = checks.iter().filter(|c| !c.pass).count();
             if failed > 0 {
                 anyhow::bail!("{failed} golden checks failed on device {device}");
@@ -310,18 +313,15 @@ fn run(cli: Cli) -> Result<()> {
             top_k,
             seed,
         } => {
-            let model = cell::load_checkpoint(&checkpoint)?;
+            let model = checkpoint::load_checkpoint(&checkpoint)?;
             let tok = newllm::data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
-            let s = newllm::generate::Sampling {
+            let s = generate::Sampling {
                 max_tokens,
                 temperature,
                 top_k,
                 seed,
             };
-            println!(
-                "{prompt}{}",
-                newllm::generate::generate(&model, &tok, &prompt, &s)?
-            );
+            println!("{prompt}{}", generate::generate(&model, &tok, &prompt, &s)?);
         }
     }
     Ok(())

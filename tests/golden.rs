@@ -1,7 +1,7 @@
 //! Golden tests: our f32 implementation against the original PyTorch
 //! implementation's float64 reference numbers (../shared/golden/README.md),
 //! within the float32 tolerances recommended there. The checks live in
-//! src/golden.rs so the same code also runs as `newllm golden` on a machine
+//! src/models/newllm/golden.rs so the same code also runs as `newllm golden` on a machine
 //! that has only the release binary (the GPU check).
 
 use std::path::PathBuf;
@@ -11,8 +11,8 @@ fn golden_dir() -> PathBuf {
 }
 
 fn run_case(case: &str) {
-    let checks = newllm::golden::run_all(&golden_dir(), "cpu", &[case]).unwrap();
-    let table = newllm::golden::table(&checks);
+    let checks = newllm::models::newllm::golden::run_all(&golden_dir(), "cpu", &[case]).unwrap();
+    let table = newllm::models::newllm::golden::table(&checks);
     // every quantity of the README: initial forward, Phase-1 gradients and
     // per-iteration figures, final weights, caches, ER, Phase-2 batches,
     // epoch-1 weights, per-epoch metrics and decisions
@@ -65,9 +65,10 @@ fn golden_true_k1_rand_shift() {
 
 #[test]
 fn missing_golden_data_is_a_clear_error() {
-    let err = newllm::golden::run_all(&PathBuf::from("/nonexistent"), "cpu", &["x"])
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err =
+        newllm::models::newllm::golden::run_all(&PathBuf::from("/nonexistent"), "cpu", &["x"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
     assert!(err.contains("golden data missing"), "{err}");
 }

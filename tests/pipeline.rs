@@ -2,14 +2,16 @@
 //! diverging run, and the sweep's resume / atomic-write / config-mismatch /
 //! `--cell` + `report` contract.
 
-use newllm::cache::{sequential_pass, train_cache};
-use newllm::cell::{check_split, run_cell, write_atomic, CellPaths};
 use newllm::config::Config;
 use newllm::data::Split;
-use newllm::model::Model;
-use newllm::phase1;
-use newllm::phase2::{self, Stream};
-use newllm::sweep::{report_dir, run_sweep};
+use newllm::experiment::cell::run_cell;
+use newllm::experiment::sweep::{report_dir, run_sweep};
+use newllm::io::write_atomic;
+use newllm::models::newllm::cache::{sequential_pass, train_cache};
+use newllm::models::newllm::model::Model;
+use newllm::models::newllm::phase1;
+use newllm::models::newllm::phase2::{self, Stream};
+use newllm::models::{check_split, CellPaths};
 use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -283,13 +285,13 @@ fn same_seed_and_threads_give_identical_results() {
         b.phase1
             .iter()
             .zip(&a.phase1)
-            .map(|(x, y)| newllm::results::Phase1Iteration {
+            .map(|(x, y)| newllm::cell_result::Phase1Iteration {
                 seconds: y.seconds,
                 ..x.clone()
             })
             .collect::<Vec<_>>()
     );
-    let strip = |r: &newllm::results::CellResult| {
+    let strip = |r: &newllm::cell_result::CellResult| {
         r.epochs
             .iter()
             .map(|e| (e.train_loss, e.val_loss, e.val_acc))

@@ -1,158 +1,40 @@
-//! Statistics for the scaling analysis (ALGORITHM.md section 7): the
-//! power-law fit ln PPL = ln A + alpha ln tokens with its uncertainty, and
-//! Pearson / Spearman correlations. The Student-t distribution is computed
-//! here (regularised incomplete beta by continued fraction) so the crate
-//! needs no statistics dependency.
+//! Statistics for the scaling analysis (ALGORITHM.md section 7), pure
+//! maths on plain numbers: the power-law fit ln PPL = ln A + alpha ln tokens
+//! with its uncertainty, Pearson / Spearman correlations, and the t-based
+//! tests the reports quote. The Student-t distribution comes from `statrs`.
 //!
-//! Anything that cannot be computed (too few cells, constant inputs) is
+//! Anything that cannot be computed (too few points, constant inputs) is
 //! `None`, never NaN, so results serialise to valid JSON.
 
-use crate::config::Config;
-use crate::results::{CellResult, SweepResults};
 use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, StudentsT};
 
 // ---------------------------------------------------------------------------
-// Special functions
+// Student's t
 
-/// ln Gamma(x) for x > 0 (Lanczos approximation, g = 7, 9 terms; ~1e-15).
-pub fn ln_gamma(x: f64) -> f64 {
-    const G: f64 = 7.0;
-    const COEF: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        // Reflection keeps the series in its accurate range.
-        let pi = std::f64::consts::PI;
-        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let mut sum = COEF[0];
-    for (i, c) in COEF.iter().enumerate().skip(1) {
-        sum += c / (x + i as f64);
-    }
-    let t = x + G + 0.5;
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+fn students_t(dof: f64) -> StudentsT {
+    // dof > 0 is guaranteed by every caller (n - 2 with n >= 3, or more).
+    StudentsT::new(0.0, 1.0, dof).expect("Student-t with positive degrees of freedom")
 }
 
-/// Continued fraction for I_x(a, b) (modified Lentz), valid for x < (a+1)/(a+b+2).
-fn beta_continued_fraction(a: f64, b: f64, x: f64) -> f64 {
-    const TINY: f64 = 1e-300;
-    const EPS: f64 = 1e-15;
-    let mut c = 1.0;
-    let mut d = 1.0 - (a + b) * x / (a + 1.0);
-    if d.abs() < TINY {
-        d = TINY;
-    }
-    d = 1.0 / d;
-    let mut f = d;
-    for m in 1..=500 {
-        let m = m as f64;
-        // Even step: d_{2m}.
-        let num = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
-        d = 1.0 + num * d;
-        c = 1.0 + num / c;
-        d = if d.abs() < TINY { 1.0 / TINY } else { 1.0 / d };
-        c = if c.abs() < TINY { TINY } else { c };
-        f *= d * c;
-        // Odd step: d_{2m+1}.
-        let num = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
-        d = 1.0 + num * d;
-        c = 1.0 + num / c;
-        d = if d.abs() < TINY { 1.0 / TINY } else { 1.0 / d };
-        c = if c.abs() < TINY { TINY } else { c };
-        let step = d * c;
-        f *= step;
-        if (step - 1.0).abs() < EPS {
-            break;
-        }
-    }
-    f
-}
-
-/// Regularised incomplete beta function I_x(a, b), a, b > 0, x in [0, 1].
-pub fn reg_inc_beta(a: f64, b: f64, x: f64) -> f64 {
-    reg_inc_beta_xy(a, b, x, 1.0 - x)
-}
-
-/// I_x(a, b) with y = 1 - x supplied by the caller: when x is close to 1,
-/// `1.0 - x` loses digits that the caller can often compute exactly.
-fn reg_inc_beta_xy(a: f64, b: f64, x: f64, y: f64) -> f64 {
-    if x <= 0.0 {
-        return 0.0;
-    }
-    if y <= 0.0 {
-        return 1.0;
-    }
-    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * y.ln();
-    let front = ln_front.exp();
-    // The fraction converges fast only on one side; use the symmetry
-    // I_x(a, b) = 1 - I_{1-x}(b, a) on the other.
-    if x < (a + 1.0) / (a + b + 2.0) {
-        front * beta_continued_fraction(a, b, x) / a
-    } else {
-        1.0 - front * beta_continued_fraction(b, a, y) / b
-    }
-}
-
-/// P(|T| >= |t|) for Student's t with `dof` degrees of freedom.
+/// P(|T| >= |t|) for Student's t with `dof` degrees of freedom (from the
+/// survival function, so tiny p-values keep their digits).
 pub fn student_t_two_sided_p(t: f64, dof: f64) -> f64 {
     if t.is_infinite() {
         return 0.0;
     }
-    // P(|T| >= t) = I_{dof/(dof+t^2)}(dof/2, 1/2), without the 1 - cdf cancellation.
-    let t2 = t * t;
-    reg_inc_beta_xy(dof / 2.0, 0.5, dof / (dof + t2), t2 / (dof + t2))
+    (2.0 * students_t(dof).sf(t.abs())).min(1.0)
 }
 
 /// Student-t cumulative distribution function P(T <= t).
 pub fn student_t_cdf(t: f64, dof: f64) -> f64 {
-    let tail = 0.5 * student_t_two_sided_p(t, dof);
-    if t >= 0.0 {
-        1.0 - tail
-    } else {
-        tail
-    }
+    students_t(dof).cdf(t)
 }
 
 /// Student-t quantile: the t with P(T <= t) = p, for p in (0, 1).
-/// Bisection on the CDF: slow-ish but robust, and only called a few times.
 pub fn student_t_quantile(p: f64, dof: f64) -> f64 {
     assert!(p > 0.0 && p < 1.0, "quantile needs p in (0, 1), got {p}");
-    if p == 0.5 {
-        return 0.0;
-    }
-    // Solve in the upper half and mirror, so the bracket is [0, hi].
-    let upper = p.max(1.0 - p);
-    let mut hi = 1.0;
-    while student_t_cdf(hi, dof) < upper {
-        hi *= 2.0;
-    }
-    let mut lo = 0.0;
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if student_t_cdf(mid, dof) < upper {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-        if hi - lo <= 1e-13 * hi.max(1.0) {
-            break;
-        }
-    }
-    let q = 0.5 * (lo + hi);
-    if p > 0.5 {
-        q
-    } else {
-        -q
-    }
+    students_t(dof).inverse_cdf(p)
 }
 
 // ---------------------------------------------------------------------------
@@ -396,61 +278,40 @@ pub fn correlation_pair(x: &[f64], y: &[f64]) -> CorrelationPair {
 }
 
 // ---------------------------------------------------------------------------
-// Sweep analysis
+// Tests the reports quote
 
-/// The relations the seed document discusses: does ER go with performance?
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Correlations {
-    /// Validation ER vs best-epoch validation PPL.
-    pub val_er_vs_val_ppl: CorrelationPair,
-    /// Validation ER vs best-epoch validation accuracy.
-    pub val_er_vs_val_acc: CorrelationPair,
-    /// ln(train tokens) vs validation accuracy (the fit covers PPL).
-    pub log_tokens_vs_val_acc: CorrelationPair,
+/// Significance level used in every verdict.
+pub const SIGNIFICANCE: f64 = 0.05;
+
+/// Whether either coefficient of the pair reaches 5%.
+pub fn correlation_significant(pair: &CorrelationPair) -> bool {
+    [&pair.pearson, &pair.spearman].iter().any(|c| {
+        c.as_ref()
+            .and_then(|c| c.p_value)
+            .is_some_and(|p| p < SIGNIFICANCE)
+    })
 }
 
-/// Sorts the cells by sample count and computes the scaling fit (train
-/// tokens vs best-epoch Val PPL) and the correlations.
-pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
-    let mut cells = cells.to_vec();
-    cells.sort_by_key(|c| (c.samples, c.train_tokens));
-    // A diverged cell (infinite or NaN PPL) is left out rather than voiding
-    // the whole analysis; the report states how many cells each figure used.
-    let fit_cells: Vec<&CellResult> = cells
-        .iter()
-        .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
-        .collect();
-    let tokens: Vec<f64> = fit_cells.iter().map(|c| c.train_tokens as f64).collect();
-    let ppl: Vec<f64> = fit_cells.iter().map(|c| c.val_ppl).collect();
-    let column = |f: fn(&CellResult) -> f64| cells.iter().map(f).collect::<Vec<f64>>();
-    let log_tokens = column(|c| (c.train_tokens as f64).max(1.0).ln());
-    let (er, acc, all_ppl) = (
-        column(|c| c.val_er),
-        column(|c| c.val_acc),
-        column(|c| c.val_ppl),
-    );
-    let correlations = Correlations {
-        val_er_vs_val_ppl: finite_pair(&er, &all_ppl),
-        val_er_vs_val_acc: finite_pair(&er, &acc),
-        log_tokens_vs_val_acc: finite_pair(&log_tokens, &acc),
-    };
-    SweepResults {
-        config: config.clone(),
-        scaling: scaling_fit(&tokens, &ppl),
-        correlations,
-        cells,
+/// Smallest |r| that reaches p < 0.05 with n points (t test, n - 2 dof).
+pub fn critical_r(n: usize) -> Option<f64> {
+    if n < 3 {
+        return None;
     }
+    let dof = (n - 2) as f64;
+    let t = student_t_quantile(1.0 - SIGNIFICANCE / 2.0, dof);
+    Some(t / (dof + t * t).sqrt())
 }
 
-/// Correlations over the positions where both values are finite.
-fn finite_pair(x: &[f64], y: &[f64]) -> CorrelationPair {
-    let (fx, fy): (Vec<f64>, Vec<f64>) = x
-        .iter()
-        .zip(y)
-        .filter(|(a, b)| a.is_finite() && b.is_finite())
-        .map(|(a, b)| (*a, *b))
-        .unzip();
-    correlation_pair(&fx, &fy)
+/// Approximate test of alpha_1 = alpha_2 from the two standard errors
+/// (t with n1 + n2 - 4 dof). None when either side lacks a standard error.
+pub fn alpha_difference_p(a: &ScalingFit, b: &ScalingFit) -> Option<f64> {
+    let (sa, sb) = (a.stderr?, b.stderr?);
+    let se = (sa * sa + sb * sb).sqrt();
+    let dof = (a.n + b.n).checked_sub(4).filter(|d| *d > 0)? as f64;
+    if se == 0.0 {
+        return None;
+    }
+    Some(student_t_two_sided_p((a.alpha - b.alpha) / se, dof))
 }
 
 #[cfg(test)]
@@ -518,12 +379,6 @@ mod tests {
         ));
         let q = student_t_quantile(0.5001, 1000.0);
         assert!(close(q / 2.507_255_036_228_889e-4, 1.0, 1e-8), "{q}");
-        assert!(close(
-            ln_gamma(0.5),
-            std::f64::consts::PI.sqrt().ln(),
-            1e-13
-        ));
-        assert!(close(ln_gamma(10.0), 362_880f64.ln(), 1e-12));
     }
 
     #[test]
@@ -599,36 +454,6 @@ mod tests {
         let [lo, hi] = fit.bootstrap_ci95.unwrap();
         assert!(close(lo, -0.5, 1e-9) && close(hi, -0.5, 1e-9));
         assert!(fit.p_value.unwrap() < 1e-12);
-    }
-
-    #[test]
-    fn analyse_skips_diverged_cells() {
-        let cells: Vec<CellResult> = [
-            (500, 529173, f64::INFINITY),
-            (50, 56602, 1503.3),
-            (200, 216119, 757.7),
-            (100, 110516, 1036.3),
-        ]
-        .iter()
-        .map(|&(samples, train_tokens, val_ppl)| CellResult {
-            samples,
-            train_tokens,
-            val_ppl,
-            val_er: 0.08 + samples as f64 * 1e-5,
-            val_acc: 0.1,
-            ..CellResult::default()
-        })
-        .collect();
-        let r = analyse(&Config::default(), &cells);
-        let order: Vec<usize> = r.cells.iter().map(|c| c.samples).collect();
-        assert_eq!(order, vec![50, 100, 200, 500]);
-        let fit = r.scaling.clone().unwrap();
-        assert_eq!(fit.n, 3);
-        assert!(fit.alpha < -0.4 && fit.alpha > -0.6, "{}", fit.alpha);
-        assert_eq!(r.correlations.val_er_vs_val_ppl.pearson.unwrap().n, 3);
-        // Constant accuracy: no correlation rather than NaN.
-        assert_eq!(r.correlations.val_er_vs_val_acc.pearson, None);
-        assert!(!serde_json::to_string(&r.scaling).unwrap().contains("NaN"));
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! the ContextBlock only; one iteration = one Adam step over the whole
 //! training stream, gradients accumulated over `phase1_batch_size` batches.
 
-use crate::cache::sequential_pass;
+use super::cache::sequential_pass;
+use super::model::{BlockActs, Model};
+use crate::cell_result::Phase1Iteration;
 use crate::config::{Config, Phase1Init};
-use crate::model::{BlockActs, Model};
 use crate::ops::{self, Adam};
-use crate::results::Phase1Iteration;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 use std::time::Instant;
@@ -58,17 +58,6 @@ impl Phase1 {
             dout: vec![0.0; cap * c],
             noise: Rng::new(cfg.seed ^ 0x5EED_0002),
         }
-    }
-
-    /// Bytes this phase holds for a stream of `n` tokens (for the memory estimate).
-    pub fn bytes(model: &Model, n: usize) -> u64 {
-        let cfg = &model.cfg;
-        let cap = cfg.phase1_batch_size.min(n);
-        let p = model.context.params.data.len();
-        (4 * (2 * n * cfg.context_dim
-            + 3 * p
-            + cap * (2 * cfg.context_dim + cfg.token_input_dim()))) as u64
-            + BlockActs::bytes(&model.context, cap)
     }
 
     /// Forward + backward over the whole stream with the current weights:

@@ -1,15 +1,17 @@
 //! `newllm golden`: the checks of tests/golden.rs (our f32 pipeline against
 //! the original's float64 reference data, ../shared/golden) as a command
 //! that reports pass/fail per quantity instead of asserting, and runs on any
-//! `Engine`. It exists so a machine with only the release binary (the GPU
+//! device through `GoldenHooks`. It exists so a machine with only the release binary (the GPU
 //! machine has no Rust toolchain) can check GPU-vs-reference parity; the
 //! tolerances are the ones tests/golden.rs uses.
 
+use super::cache::context_inputs;
+use super::engine::{CpuEngine, Engine};
+use super::metrics::effective_rank;
+use super::model::{BlockActs, Model, ParamSet};
+use super::phase1::{IterationStats, Phase1};
+use super::phase2::{Phase2, Stream};
 use crate::config::{Config, Phase1Init, TrainCache};
-use crate::engine::Engine;
-use crate::metrics::effective_rank;
-use crate::model::{Model, ParamSet};
-use crate::phase2::Stream;
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -242,16 +244,177 @@ impl Recorder {
     }
 }
 
-/// Runs one golden case through `engine` (built for the case's config by
-/// `make_engine`) and returns every comparison made.
+// ---------------------------------------------------------------------------
+// Hooks: what the checks look at inside the stages, beyond `Engine`
+
+/// One Phase-2 batch as the golden checks see it.
+#[derive(Clone, Debug, Default)]
+pub struct BatchOutcome {
+    /// The first `min(rows, 4)` rows x 50 columns of the logits.
+    pub logits_slice: Vec<f32>,
+    /// Mean cross-entropy of the batch.
+    pub loss: f64,
+    /// The batch gradient (layout of `model.token.params.data`), before clipping.
+    pub grad: Vec<f32>,
+    /// Gradient norm before clipping (the step was taken).
+    pub grad_norm: f64,
+}
+
+/// The first Phase-1 iteration without its step, as the golden checks see it.
+#[derive(Clone, Debug, Default)]
+pub struct FirstIteration {
+    /// Iteration 1's contexts (n x C).
+    pub prev: Vec<f32>,
+    /// Iteration 2's outputs (n x C).
+    pub out: Vec<f32>,
+    /// Accumulated gradient (layout of `model.context.params.data`).
+    pub grad: Vec<f32>,
+    pub stats: IterationStats,
+}
+
+/// A device as the golden checks drive it: the production `Engine`, plus
+/// the intermediate quantities the reference data records.
+pub trait GoldenHooks {
+    fn engine(&mut self) -> &mut dyn Engine;
+    /// Iteration 1 and the accumulation of iteration 2 (no step).
+    fn phase1_first(
+        &mut self,
+        model: &Model,
+        ids: &[u32],
+        given_prev: Option<Vec<f32>>,
+    ) -> Result<FirstIteration>;
+    /// Every ContextBlock layer output for positions 0..rows of a cached stream.
+    fn context_layers(
+        &mut self,
+        model: &Model,
+        ids: &[u32],
+        src: &[f32],
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>>;
+    /// Starts a Phase-2 run by hand (fresh Adam state) for `phase2_batch`.
+    fn phase2_begin(&mut self, model: &Model) -> Result<()>;
+    /// One Phase-2 training step on positions `start..start + rows`; the
+    /// updated weights are in `model` afterwards.
+    fn phase2_batch(
+        &mut self,
+        model: &mut Model,
+        s: &Stream,
+        start: usize,
+        rows: usize,
+    ) -> Result<BatchOutcome>;
+}
+
+/// The CPU's hooks: the Phase-1 and Phase-2 buffers driven step by step.
+#[derive(Default)]
+pub struct CpuHooks {
+    engine: CpuEngine,
+    p2: Option<Phase2>,
+}
+
+impl GoldenHooks for CpuHooks {
+    fn engine(&mut self) -> &mut dyn Engine {
+        &mut self.engine
+    }
+
+    fn phase1_first(
+        &mut self,
+        model: &Model,
+        ids: &[u32],
+        given_prev: Option<Vec<f32>>,
+    ) -> Result<FirstIteration> {
+        let mut p1 = Phase1::new(model, ids, given_prev);
+        let prev = p1.prev.clone();
+        let stats = p1.accumulate(model, ids);
+        Ok(FirstIteration {
+            prev,
+            out: p1.out,
+            grad: p1.grad,
+            stats,
+        })
+    }
+
+    fn context_layers(
+        &mut self,
+        model: &Model,
+        ids: &[u32],
+        src: &[f32],
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let cfg = &model.cfg;
+        let mut acts = BlockActs::new(&model.context, rows);
+        let mut ctx = vec![0.0; rows * cfg.context_dim];
+        let mut x = vec![0.0; rows * cfg.token_input_dim()];
+        context_inputs(src, cfg.context_dim, 0, rows, &mut ctx);
+        model.token_input(ids, 0, rows, &mut x);
+        model.context_forward(&ctx, &x, rows, &mut acts);
+        Ok(acts.layers.into_iter().map(|l| l.y).collect())
+    }
+
+    fn phase2_begin(&mut self, model: &Model) -> Result<()> {
+        self.p2 = Some(Phase2::new(model));
+        Ok(())
+    }
+
+    fn phase2_batch(
+        &mut self,
+        model: &mut Model,
+        s: &Stream,
+        start: usize,
+        rows: usize,
+    ) -> Result<BatchOutcome> {
+        let Some(p2) = self.p2.as_mut() else {
+            bail!("phase2_batch called before phase2_begin");
+        };
+        let v = model.cfg.vocab_size;
+        p2.forward(model, s, start, rows);
+        let cols = v.min(50);
+        let logits_slice = (0..rows.min(4))
+            .flat_map(|r| p2.logits[r * v..r * v + cols].to_vec())
+            .collect();
+        let loss = p2.backward(model, s, start, rows);
+        let grad = p2.grad.clone();
+        let grad_norm = p2.step(model);
+        Ok(BatchOutcome {
+            logits_slice,
+            loss,
+            grad,
+            grad_norm,
+        })
+    }
+}
+
+/// The hooks for `cfg.device`, or a clear error when it cannot run here.
+pub fn hooks_for(cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
+    match cfg.device.as_str() {
+        "cpu" => Ok(Box::<CpuHooks>::default()),
+        "cuda" => cuda_hooks(cfg),
+        other => bail!("config field device must be \"cpu\" or \"cuda\", got {other:?}"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_hooks(cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
+    Ok(Box::new(super::gpu::golden::GpuHooks::new(cfg)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_hooks(_cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
+    Err(super::engine::no_cuda_feature())
+}
+
+// ---------------------------------------------------------------------------
+// The checks
+
+/// Runs one golden case through the hooks `make_hooks` builds for the
+/// case's config and returns every comparison made.
 pub fn run_case(
     dir: &Path,
     name: &str,
-    make_engine: &dyn Fn(&Config) -> Result<Box<dyn Engine>>,
+    make_hooks: &dyn Fn(&Config) -> Result<Box<dyn GoldenHooks>>,
 ) -> Result<Vec<Check>> {
     let case = Case::load(dir, name)?;
     let cfg = case.config()?;
-    let mut eng = make_engine(&cfg)?;
+    let mut eng = make_hooks(&cfg)?;
     let mut rec = Recorder {
         case: name.to_string(),
         checks: Vec::new(),
@@ -334,7 +497,9 @@ pub fn run_case(
     );
 
     // ---- Phase 1, whole run
-    let out = eng.phase1_run(&mut model, &train, given, &mut |_| {})?;
+    let out = eng
+        .engine()
+        .phase1_run(&mut model, &train, given, &mut |_| {})?;
     let golden_iters = case
         .value(&["phase1", "per_iteration"])
         .as_array()
@@ -411,8 +576,8 @@ pub fn run_case(
     );
 
     // ---- caches
-    let train_src = eng.train_cache(&model, &train, &out.prev)?;
-    let val_src = eng.sequential_pass(&model, &val, m - 1)?;
+    let train_src = eng.engine().train_cache(&model, &train, &out.prev)?;
+    let val_src = eng.engine().sequential_pass(&model, &val, m - 1)?;
     let (er_v, sv_v, _) = effective_rank(&val_src, c, 0, 42)?;
     rec.scalar(
         "val ER",
@@ -522,7 +687,7 @@ pub fn run_case(
 
     // ---- Phase 2 whole run from the initial TokenBlock
     model.token.params.data.copy_from_slice(&init_token);
-    let res = eng.phase2_run(&mut model, &ts, &vs, &mut |_| {})?;
+    let res = eng.engine().phase2_run(&mut model, &ts, &vs, &mut |_| {})?;
     let gepochs = case
         .value(&["phase2", "epochs"])
         .as_array()
@@ -594,7 +759,7 @@ pub fn run_case(
 pub fn run_all(dir: &Path, device: &str, cases: &[&str]) -> Result<Vec<Check>> {
     let device = device.to_string();
     let make = move |cfg: &Config| {
-        crate::engine::for_config(&Config {
+        hooks_for(&Config {
             device: device.clone(),
             ..cfg.clone()
         })

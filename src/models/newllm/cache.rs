@@ -6,8 +6,8 @@
 //! recomputes c_1..c_L per batch from it (identical numbers, a tenth of the
 //! memory of keeping every layer's output).
 
+use super::model::{BlockActs, Model};
 use crate::config::TrainCache;
-use crate::model::{BlockActs, Model};
 
 /// Input contexts of positions `start..start + rows` of a stream into `out`
 /// (rows x C): row j is zero for j = 0, else `src[j - 1]`.

@@ -1,15 +1,10 @@
-//! `newllm bench`: each training stage timed in-process next to this
-//! machine's own ceilings measured in the same process (f32 GEMM throughput,
-//! memory read bandwidth), so every figure is a ratio that machine noise
-//! mostly cancels out of.
+//! What the CPU and GPU benches share: the report types, the timing and
+//! ceiling measurements, the stage inputs, and the printed table.
 
-use crate::cache::sequential_pass;
-use crate::cell::{gib, predict_peak_bytes};
 use crate::config::Config;
-use crate::model::Model;
+use crate::memory::gib;
+use crate::models::newllm::model::Model;
 use crate::ops::{self, Mat, Trans};
-use crate::phase1::Phase1;
-use crate::phase2::{Phase2, Stream};
 use crate::rng::Rng;
 use anyhow::Result;
 use serde::Serialize;
@@ -40,9 +35,13 @@ pub struct BenchReport {
     pub seed_500_cell_predicted_peak_bytes: u64,
 }
 
+/// The seed preset's 500-sample cell on UltraChat (train, validation tokens),
+/// for the memory prediction both benches print.
+pub const SEED_500_CELL_TOKENS: (usize, usize) = (529_173, 58_797);
+
 /// Best-of-`reps` wall time of `f` (after one warm-up call) and the GEMM
 /// FLOPs one call issues.
-fn time_it(reps: usize, mut f: impl FnMut()) -> (f64, u64) {
+pub fn time_it(reps: usize, mut f: impl FnMut()) -> (f64, u64) {
     f();
     let mut best = f64::INFINITY;
     let mut flops = 0;
@@ -104,12 +103,7 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
     bytes as f64 / s / 1e9
 }
 
-pub(crate) fn stage(
-    name: &str,
-    (seconds, flops): (f64, u64),
-    peak: f64,
-    note: String,
-) -> StageResult {
+pub fn stage(name: &str, (seconds, flops): (f64, u64), peak: f64, note: String) -> StageResult {
     let gflops = flops as f64 / seconds / 1e9;
     StageResult {
         stage: name.to_string(),
@@ -121,14 +115,14 @@ pub(crate) fn stage(
     }
 }
 
-pub(crate) fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+pub fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.below(vocab) as u32).collect()
 }
 
 /// The Phase-1 bench input: the model in the given mode, one
 /// `phase1_batch_size` batch of random ids and random previous contexts.
-pub(crate) fn phase1_input(base: &Config, all_layers: bool) -> Result<(Model, Vec<u32>, Vec<f32>)> {
+pub fn phase1_input(base: &Config, all_layers: bool) -> Result<(Model, Vec<u32>, Vec<f32>)> {
     let cfg = Config {
         token_input_all_layers: all_layers,
         ..base.clone()
@@ -141,115 +135,12 @@ pub(crate) fn phase1_input(base: &Config, all_layers: bool) -> Result<(Model, Ve
     Ok((model, ids, prev))
 }
 
-pub(crate) fn phase1_stage_name(all_layers: bool) -> &'static str {
+pub fn phase1_stage_name(all_layers: bool) -> &'static str {
     if all_layers {
         "phase1_iteration_true"
     } else {
         "phase1_iteration_false"
     }
-}
-
-/// Runs every stage for `base` (the seed preset by default).
-pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
-    if base.device == "cuda" {
-        return crate::engine::bench_cuda(base, phase2_batch, seq_tokens);
-    }
-    let threads = ops::set_threads(base.threads);
-    eprintln!("bench: {threads} threads; measuring the GEMM peak and read bandwidth ...");
-    let peak = gemm_peak();
-    let mut stages = Vec::new();
-
-    // Phase 2: one training step (forward, backward, clip, Adam) on a full batch.
-    let cfg = Config {
-        phase2_batch_size: phase2_batch,
-        ..base.clone()
-    };
-    let mut model = Model::new(&cfg, None)?;
-    // a non-zero head so the step does its real work
-    let head = model
-        .token
-        .params
-        .find("token_output.weight")
-        .map(|t| (t.offset, t.len))
-        .unwrap_or((0, 0));
-    Rng::new(3).fill_normal(&mut model.token.params.data[head.0..head.0 + head.1], 0.02);
-    let ids = random_ids(phase2_batch + 1, cfg.vocab_size, 4);
-    let mut src = vec![0.0f32; phase2_batch * cfg.context_dim];
-    Rng::new(5).fill_normal(&mut src, 1.0);
-    let s = Stream {
-        ids: &ids,
-        src: &src,
-    };
-    let mut p2 = Phase2::new(&model);
-    let t = time_it(3, || {
-        p2.forward(&model, &s, 0, phase2_batch);
-        p2.backward(&model, &s, 0, phase2_batch);
-        p2.step(&mut model);
-    });
-    stages.push(stage(
-        "phase2_step",
-        t,
-        peak,
-        format!(
-            "batch {phase2_batch}, head {} x {}, {:.0} tokens/s",
-            cfg.embed_dim,
-            cfg.vocab_size,
-            phase2_batch as f64 / t.0
-        ),
-    ));
-    drop(p2);
-
-    // Phase 1: one full iteration over one batch of rows, both modes.
-    for all_layers in [false, true] {
-        let (model, ids, prev) = phase1_input(base, all_layers)?;
-        let n = ids.len();
-        let mut p1 = Phase1::new(&model, &ids, Some(prev));
-        let t = time_it(2, || {
-            p1.accumulate(&model, &ids);
-        });
-        stages.push(stage(
-            phase1_stage_name(all_layers),
-            t,
-            peak,
-            format!("{n} rows, {:.0} tokens/s", n as f64 / t.0),
-        ));
-    }
-
-    // Sequential recurrent pass: bandwidth-bound (each token reads every weight).
-    let model = Model::new(base, None)?;
-    let weight_bytes = 4 * model.context.params.data.len() as u64;
-    let bw = read_bandwidth(weight_bytes as usize);
-    let ids = random_ids(seq_tokens, base.vocab_size, 8);
-    let t = time_it(1, || {
-        std::hint::black_box(sequential_pass(&model, &ids, seq_tokens));
-    });
-    let tps = seq_tokens as f64 / t.0;
-    let frac = weight_bytes as f64 * tps / 1e9 / bw;
-    stages.push(stage(
-        "sequential_pass",
-        t,
-        peak,
-        format!(
-            "{seq_tokens} tokens, {tps:.0} tokens/s, {:.0}% of read bandwidth",
-            100.0 * frac
-        ),
-    ));
-
-    let predicted = predict_peak_bytes(&model, 529_173, 58_797);
-    eprintln!(
-        "seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}",
-        gib(predicted)
-    );
-    Ok(BenchReport {
-        threads,
-        gemm_peak_gflops: peak,
-        read_bandwidth_gbs: bw,
-        stages,
-        sequential_tokens_per_s: tps,
-        sequential_weight_bytes_per_token: weight_bytes,
-        sequential_fraction_of_bandwidth: frac,
-        seed_500_cell_predicted_peak_bytes: predicted,
-    })
 }
 
 /// The table `newllm bench` prints.

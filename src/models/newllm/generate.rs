@@ -2,8 +2,8 @@
 //! by token (the recurrent pass), the TokenBlock + head give the next-token
 //! distribution, sampled with temperature and top-k.
 
+use super::model::{BlockActs, Model};
 use crate::data::Tokenizer;
-use crate::model::{BlockActs, Model};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 

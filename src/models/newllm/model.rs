@@ -365,17 +365,6 @@ impl BlockActs {
     pub fn last(&self) -> &[f32] {
         &self.layers[self.layers.len() - 1].y
     }
-
-    pub fn bytes(block: &Block, cap: usize) -> u64 {
-        let widest = block
-            .layers
-            .iter()
-            .flat_map(|l| [l.out, l.in_a, l.in_b])
-            .max()
-            .unwrap_or(0);
-        let per_row: usize = block.layers.iter().map(|l| 3 * l.out + 1).sum::<usize>() + 3 * widest;
-        (per_row * cap * 4) as u64
-    }
 }
 
 /// The model. The embedding and embed_norm are frozen in both phases, so the

@@ -3,13 +3,12 @@
 //! in stream order; validation after every epoch; early stopping on
 //! validation loss with `phase2_patience` (0 = fixed epochs).
 
-use crate::cache::recompute_layers;
-use crate::config::Config;
-use crate::model::{BlockActs, Model};
+use super::cache::recompute_layers;
+use super::model::{BlockActs, Model};
+use crate::cell_result::Epoch;
 use crate::ops::{self, Adam};
-use crate::results::Epoch;
+use crate::train_loop::{self, EpochSteps};
 use anyhow::{bail, Result};
-use std::time::Instant;
 
 /// One stream with its cache: positions 0..len-2 predict ids[1..].
 pub struct Stream<'a> {
@@ -51,17 +50,6 @@ impl Phase2 {
             x: vec![0.0; cap * cfg.token_input_dim()],
             cap,
         }
-    }
-
-    /// Bytes held during Phase 2 (for the memory estimate).
-    pub fn bytes(model: &Model) -> u64 {
-        let cfg = &model.cfg;
-        let cap = cfg.phase2_batch_size;
-        let p = model.token.params.data.len();
-        // grad, Adam m and v, a copy of the best epoch's weights
-        (4 * (4 * p + cap * (cfg.vocab_size + cfg.context_dim + cfg.token_input_dim()))) as u64
-            + BlockActs::bytes(&model.context, cap)
-            + BlockActs::bytes(&model.token, cap)
     }
 
     /// Logits of positions `start..start + rows` into `self.logits`.
@@ -166,77 +154,6 @@ impl Phase2Outcome {
     }
 }
 
-/// The device-specific work of Phase 2, so the CPU and the GPU share the
-/// epoch loop and the early-stopping rule in `epochs`.
-pub trait Phase2Steps {
-    /// One epoch over the training positions; the token-weighted mean loss.
-    fn train_epoch(&mut self, epoch: usize) -> Result<f64>;
-    /// Mean validation loss and the number of correct argmax predictions.
-    fn evaluate(&mut self) -> Result<(f64, usize)>;
-    /// Keeps the current weights as the best so far.
-    fn keep_best(&mut self) -> Result<()>;
-}
-
-/// The epochs as run, with the early-stopping decisions.
-pub struct EpochLog {
-    pub epochs: Vec<Epoch>,
-    pub best_epoch: usize,
-    pub stop_epoch: usize,
-    pub early_stopped: bool,
-}
-
-/// Trains epoch after epoch, validating after each; best = strictly lower
-/// validation loss; stops after `phase2_patience` epochs without
-/// improvement (0 = never) or after `phase2_epochs`.
-pub fn epochs(
-    cfg: &Config,
-    val_positions: usize,
-    steps: &mut dyn Phase2Steps,
-    on_epoch: &mut dyn FnMut(&Epoch),
-) -> Result<EpochLog> {
-    let mut epochs: Vec<Epoch> = Vec::new();
-    let (mut best_epoch, mut best_loss, mut since_best) = (0, f64::INFINITY, 0);
-    let mut early_stopped = false;
-    for epoch in 1..=cfg.phase2_epochs {
-        let t0 = Instant::now();
-        let train_loss = steps.train_epoch(epoch)?;
-        let (val_loss, correct) = steps.evaluate()?;
-        if !val_loss.is_finite() {
-            bail!("Phase 2 diverged at epoch {epoch}: validation loss {val_loss}");
-        }
-        let e = Epoch {
-            epoch,
-            train_loss,
-            train_ppl: train_loss.exp(),
-            val_loss,
-            val_ppl: val_loss.exp(),
-            val_acc: correct as f64 / val_positions as f64,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        on_epoch(&e);
-        epochs.push(e);
-        if val_loss < best_loss {
-            best_loss = val_loss;
-            best_epoch = epoch;
-            since_best = 0;
-            steps.keep_best()?;
-        } else {
-            since_best += 1;
-            if cfg.phase2_patience > 0 && since_best >= cfg.phase2_patience {
-                early_stopped = true;
-                break;
-            }
-        }
-    }
-    let stop_epoch = epochs.len();
-    Ok(EpochLog {
-        epochs,
-        best_epoch,
-        stop_epoch,
-        early_stopped,
-    })
-}
-
 /// Refuses streams too short to have a single prediction.
 pub fn check_streams(train: &Stream, val: &Stream) -> Result<()> {
     if train.positions() == 0 || val.positions() == 0 {
@@ -257,7 +174,7 @@ struct CpuSteps<'a, 'b> {
     best_params: Vec<f32>,
 }
 
-impl Phase2Steps for CpuSteps<'_, '_> {
+impl EpochSteps for CpuSteps<'_, '_> {
     fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
         self.p2.train_epoch(self.model, self.train, epoch)
     }
@@ -288,7 +205,14 @@ pub fn run(
         val,
         best_params,
     };
-    let log = epochs(&cfg, val.positions(), &mut steps, on_epoch)?;
+    let log = train_loop::run_epochs(
+        "Phase 2",
+        cfg.phase2_epochs,
+        cfg.phase2_patience,
+        val.positions(),
+        &mut steps,
+        on_epoch,
+    )?;
     Ok(Phase2Outcome {
         epochs: log.epochs,
         best_epoch: log.best_epoch,

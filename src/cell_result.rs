@@ -1,6 +1,6 @@
-//! What a run records: one `CellResult` per cell (Phase 1 -> caches -> ER ->
-//! Phase 2), with every figure the seed document reports and the full config.
-//! Written by `newllm train` and by each sweep cell; read by `report`.
+//! What one cell records: a `CellResult` with every figure the seed document
+//! reports and the full config. Written by each model's cell runner; read by
+//! the experiment code (sweep, statistics, report).
 
 use crate::config::Config;
 use serde::{Deserialize, Serialize};
@@ -78,33 +78,4 @@ pub struct CellResult {
     #[serde(default)]
     pub measured_peak_bytes: u64,
     pub config: Config,
-}
-
-/// A whole sweep: the config, every cell (sorted by samples) and the
-/// analysis of ALGORITHM.md section 7. Built by `stats::analyse`; written
-/// as `results.json` and read back by the report and compare commands.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SweepResults {
-    pub config: Config,
-    pub cells: Vec<CellResult>,
-    /// ln PPL = ln A + alpha ln tokens; None when fewer than 2 usable cells.
-    pub scaling: Option<crate::stats::ScalingFit>,
-    #[serde(default)]
-    pub correlations: crate::stats::Correlations,
-}
-
-impl SweepResults {
-    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        use anyhow::Context;
-        let json = serde_json::to_string_pretty(self).context("serialising sweep results")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
-    }
-
-    pub fn load(path: &std::path::Path) -> anyhow::Result<SweepResults> {
-        use anyhow::Context;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a sweep results file", path.display()))
-    }
 }

@@ -4,11 +4,13 @@
 //! run as separate processes (`--cell INDEX`) into one shared directory, and
 //! `report` merges whatever is there. A directory belongs to one config.
 
-use crate::cell::{run_cell, summary_line, write_atomic, CellPaths};
+use super::cell::{run_cell, summary_line};
+use super::report::{write_compare_report, write_report};
+use super::results::{analyse, SweepResults};
+use crate::cell_result::CellResult;
 use crate::config::Config;
-use crate::report::{write_compare_report, write_report};
-use crate::results::{CellResult, SweepResults};
-use crate::stats::analyse;
+use crate::io::write_atomic;
+use crate::models::CellPaths;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 

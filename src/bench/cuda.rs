@@ -4,14 +4,21 @@
 //! GEMM FLOPs are counted from the layer shapes (2 x rows x weights per
 //! forward, twice that per backward), as the CPU counter would count them.
 
-use super::engine::{DevModel, GpuPhase1, GpuPhase2};
-use super::{recurrent_pass, Dev, GpuEngine};
-use crate::bench::{phase1_input, phase1_stage_name, random_ids, stage, BenchReport};
-use crate::cell::{gib, predict_peak_bytes};
+use super::common::{
+    phase1_input, phase1_stage_name, random_ids, stage, BenchReport, SEED_500_CELL_TOKENS,
+};
 use crate::config::Config;
-use crate::model::{Block, Model};
+use crate::memory::gib;
+use crate::models::newllm::gpu::cache::recurrent_pass;
+use crate::models::newllm::gpu::engine::DevModel;
+use crate::models::newllm::gpu::phase1::GpuPhase1;
+use crate::models::newllm::gpu::phase2::GpuPhase2;
+use crate::models::newllm::gpu::runtime::Dev;
+use crate::models::newllm::gpu::GpuEngine;
+use crate::models::newllm::memory::predict_peak_bytes;
+use crate::models::newllm::model::{Block, Model};
+use crate::models::newllm::phase2::Stream;
 use crate::ops::Trans;
-use crate::phase2::Stream;
 use crate::rng::Rng;
 use anyhow::Result;
 use std::time::Instant;
@@ -166,7 +173,8 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     }
     dev.sample_memory();
     eprintln!("bench: peak GPU memory in use {}", gib(dev.peak_bytes()));
-    let predicted = predict_peak_bytes(&model, 529_173, 58_797);
+    let (n500, m500) = SEED_500_CELL_TOKENS;
+    let predicted = predict_peak_bytes(&model, n500, m500);
     Ok(BenchReport {
         threads: 0,
         gemm_peak_gflops: peak,

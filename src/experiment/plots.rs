@@ -5,14 +5,16 @@
 //! PNG text needs a font file: DejaVu Sans (Bitstream Vera licence, see
 //! assets/fonts/) is compiled in and registered as "sans-serif".
 
-use crate::results::{CellResult, SweepResults};
+use crate::cell_result::CellResult;
+use crate::experiment::format::{short_number, thousands};
+use crate::experiment::results::SweepResults;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 const SERIES_COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
@@ -64,20 +66,6 @@ fn render(plot: &impl Plot, stem: &Path) -> Result<Vec<PathBuf>> {
         root.present().map_err(plot_err)?;
     }
     Ok(vec![svg, png])
-}
-
-/// 56602 -> "57K", 1.2e6 -> "1.2M": readable tick labels on token axes.
-pub fn short_number(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1e6 {
-        format!("{:.1}M", v / 1e6)
-    } else if a >= 1e3 {
-        format!("{:.0}K", v / 1e3)
-    } else if a >= 10.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
 }
 
 /// Log-axis bounds with some room around the data.
@@ -340,7 +328,7 @@ impl Plot for EpochPlot<'_> {
         let title = format!(
             "{} samples ({} train tokens): best epoch {}, stopped at {}{}",
             c.samples,
-            crate::report::thousands(c.train_tokens),
+            thousands(c.train_tokens),
             c.best_epoch,
             c.stop_epoch,
             if c.early_stopped { " (early stop)" } else { "" }

@@ -1,0 +1,118 @@
+//! The CPU bench: a Phase-2 step, a Phase-1 iteration in both modes and the
+//! sequential pass, each against the in-process GEMM peak or read bandwidth.
+
+use super::common::{
+    gemm_peak, phase1_input, phase1_stage_name, random_ids, read_bandwidth, stage, time_it,
+    BenchReport, SEED_500_CELL_TOKENS,
+};
+use crate::config::Config;
+use crate::memory::gib;
+use crate::models::newllm::cache::sequential_pass;
+use crate::models::newllm::memory::predict_peak_bytes;
+use crate::models::newllm::model::Model;
+use crate::models::newllm::phase1::Phase1;
+use crate::models::newllm::phase2::{Phase2, Stream};
+use crate::ops;
+use crate::rng::Rng;
+use anyhow::Result;
+
+/// Runs every stage for `base` (the seed preset by default).
+pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
+    let threads = ops::set_threads(base.threads);
+    eprintln!("bench: {threads} threads; measuring the GEMM peak and read bandwidth ...");
+    let peak = gemm_peak();
+    let mut stages = Vec::new();
+
+    // Phase 2: one training step (forward, backward, clip, Adam) on a full batch.
+    let cfg = Config {
+        phase2_batch_size: phase2_batch,
+        ..base.clone()
+    };
+    let mut model = Model::new(&cfg, None)?;
+    // a non-zero head so the step does its real work
+    let head = model
+        .token
+        .params
+        .find("token_output.weight")
+        .map(|t| (t.offset, t.len))
+        .unwrap_or((0, 0));
+    Rng::new(3).fill_normal(&mut model.token.params.data[head.0..head.0 + head.1], 0.02);
+    let ids = random_ids(phase2_batch + 1, cfg.vocab_size, 4);
+    let mut src = vec![0.0f32; phase2_batch * cfg.context_dim];
+    Rng::new(5).fill_normal(&mut src, 1.0);
+    let s = Stream {
+        ids: &ids,
+        src: &src,
+    };
+    let mut p2 = Phase2::new(&model);
+    let t = time_it(3, || {
+        p2.forward(&model, &s, 0, phase2_batch);
+        p2.backward(&model, &s, 0, phase2_batch);
+        p2.step(&mut model);
+    });
+    stages.push(stage(
+        "phase2_step",
+        t,
+        peak,
+        format!(
+            "batch {phase2_batch}, head {} x {}, {:.0} tokens/s",
+            cfg.embed_dim,
+            cfg.vocab_size,
+            phase2_batch as f64 / t.0
+        ),
+    ));
+    drop(p2);
+
+    // Phase 1: one full iteration over one batch of rows, both modes.
+    for all_layers in [false, true] {
+        let (model, ids, prev) = phase1_input(base, all_layers)?;
+        let n = ids.len();
+        let mut p1 = Phase1::new(&model, &ids, Some(prev));
+        let t = time_it(2, || {
+            p1.accumulate(&model, &ids);
+        });
+        stages.push(stage(
+            phase1_stage_name(all_layers),
+            t,
+            peak,
+            format!("{n} rows, {:.0} tokens/s", n as f64 / t.0),
+        ));
+    }
+
+    // Sequential recurrent pass: bandwidth-bound (each token reads every weight).
+    let model = Model::new(base, None)?;
+    let weight_bytes = 4 * model.context.params.data.len() as u64;
+    let bw = read_bandwidth(weight_bytes as usize);
+    let ids = random_ids(seq_tokens, base.vocab_size, 8);
+    let t = time_it(1, || {
+        std::hint::black_box(sequential_pass(&model, &ids, seq_tokens));
+    });
+    let tps = seq_tokens as f64 / t.0;
+    let frac = weight_bytes as f64 * tps / 1e9 / bw;
+    stages.push(stage(
+        "sequential_pass",
+        t,
+        peak,
+        format!(
+            "{seq_tokens} tokens, {tps:.0} tokens/s, {:.0}% of read bandwidth",
+            100.0 * frac
+        ),
+    ));
+
+    let (n500, m500) = SEED_500_CELL_TOKENS;
+    let predicted = predict_peak_bytes(&model, n500, m500);
+    eprintln!(
+        "seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}",
+        gib(predicted)
+    );
+    Ok(BenchReport {
+        threads,
+        gemm_peak_gflops: peak,
+        read_bandwidth_gbs: bw,
+        stages,
+        sequential_tokens_per_s: tps,
+        sequential_weight_bytes_per_token: weight_bytes,
+        sequential_fraction_of_bandwidth: frac,
+        seed_500_cell_predicted_peak_bytes: predicted,
+    })
+}

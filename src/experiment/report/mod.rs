@@ -1,0 +1,15 @@
+//! The generated analysis (ALGORITHM.md section 7): the sweep report
+//! (`sweep.rs`), the side-by-side comparison (`compare.rs`), the per-cell
+//! diagnostics they draw on (`diagnostics.rs`) and the shared sentences
+//! (`wording.rs`).
+
+pub mod compare;
+pub mod diagnostics;
+pub mod sweep;
+pub mod wording;
+
+#[cfg(test)]
+mod tests;
+
+pub use compare::{render_compare_report, write_compare_report};
+pub use sweep::{render_report, write_report};
