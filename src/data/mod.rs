@@ -26,7 +26,7 @@ pub mod tokenizer;
 pub use corpus::{load_samples, Source, EMBEDDED_NAME, EMBEDDED_SAMPLES, TEXT_SEPARATOR};
 pub use embeddings::load_pretrained_embeddings;
 pub use stream::{
-    inspect, inspect_with, load_split, load_split_with_status, split_point, CacheUse, Split,
+    inspect, inspect_with, load_split, load_split_with_status, val_len, CacheUse, Split,
 };
 pub use tokenizer::{Tokenizer, GPT2_VOCAB};
 

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Split {
     /// N: samples in the stream.
     pub samples: usize,
-    /// The stream minus its last `split_point(len, val_fraction)` tokens.
+    /// The stream minus its last `val_len(len, val_fraction)` tokens.
     pub train: Vec<u32>,
-    /// The stream's last `split_point(len, val_fraction)` tokens.
+    /// The stream's last `val_len(len, val_fraction)` tokens.
     pub val: Vec<u32>,
     /// End offset of each sample in the full stream (`train ++ val`).
     pub sample_ends: Vec<usize>,
@@ -43,7 +43,7 @@ pub enum CacheUse {
 
 /// Number of validation tokens: `int(len * val_fraction)` exactly as the
 /// original computes it in Python (f64 product, truncated).
-pub fn split_point(len: usize, val_fraction: f64) -> usize {
+pub fn val_len(len: usize, val_fraction: f64) -> usize {
     (len as f64 * val_fraction) as usize
 }
 
@@ -89,7 +89,7 @@ pub fn load_split_with_status(
 fn cut(tokens: &Tokenized, samples: usize, val_fraction: f64, source: &str) -> Result<Split> {
     let sample_ends = tokens.sample_ends[..samples].to_vec();
     let len = sample_ends.last().copied().unwrap_or(0);
-    let val_len = split_point(len, val_fraction);
+    let val_len = val_len(len, val_fraction);
     let train_len = len - val_len;
     // Phase 2 needs at least one (input, target) pair on each side.
     if val_len < 2 || train_len < 2 {
@@ -339,7 +339,7 @@ pub fn inspect_with(
             continue;
         }
         let len = tokens.sample_ends[count - 1];
-        let val = split_point(len, val_fraction);
+        let val = val_len(len, val_fraction);
         out.push_str(&format!(
             "N = {count}: {len} tokens, train {}, val {val}\n",
             len - val

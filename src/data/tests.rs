@@ -1,7 +1,7 @@
 //! Tests of corpus readers, split and cache on fixtures written to a temp dir.
 
 use super::corpus::{load_samples, Source, EMBEDDED_SAMPLES};
-use super::stream::{inspect_with, load_split, load_split_with_status, split_point, CacheUse};
+use super::stream::{inspect_with, load_split, load_split_with_status, val_len, CacheUse};
 use super::tokenizer::Tokenizer;
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
@@ -259,14 +259,14 @@ fn jsonl_plain_and_gzip_and_text_readers() {
 }
 
 #[test]
-fn split_point_matches_python_int() {
-    assert_eq!(split_point(587_970, 0.1), 58_797);
-    assert_eq!(587_970 - split_point(587_970, 0.1), 529_173);
-    assert_eq!(split_point(29, 0.1), 2);
-    assert_eq!(split_point(10, 0.1), 1);
-    assert_eq!(split_point(9, 0.1), 0);
+fn val_len_matches_python_int() {
+    assert_eq!(val_len(587_970, 0.1), 58_797);
+    assert_eq!(587_970 - val_len(587_970, 0.1), 529_173);
+    assert_eq!(val_len(29, 0.1), 2);
+    assert_eq!(val_len(10, 0.1), 1);
+    assert_eq!(val_len(9, 0.1), 0);
     // Python: int(90 * 0.7) == 62 because 90 * 0.7 == 62.99999999999999.
-    assert_eq!(split_point(90, 0.7), 62);
+    assert_eq!(val_len(90, 0.7), 62);
 }
 
 #[test]
@@ -288,7 +288,7 @@ fn validation_tokens_never_enter_training() {
     let full = pieces.concat();
     let len = full.len();
     assert_eq!(split.samples, 7);
-    assert_eq!(split.val.len(), split_point(len, 0.1));
+    assert_eq!(split.val.len(), val_len(len, 0.1));
     assert_eq!(split.train.len() + split.val.len(), len);
     assert_eq!(split.train[..], full[..split.train.len()]);
     assert_eq!(split.val[..], full[split.train.len()..]);
@@ -338,7 +338,7 @@ fn cache_is_reused_and_invalidated() {
     let (fewer, used) = load_split_with_status(corpus, 3, 0.5, &cache).unwrap();
     assert_eq!(used, CacheUse::Reused);
     let full3 = expect(3, &texts);
-    assert_eq!(fewer.val.len(), split_point(full3.len(), 0.5));
+    assert_eq!(fewer.val.len(), val_len(full3.len(), 0.5));
     assert_eq!([fewer.train, fewer.val].concat(), full3);
     assert_eq!(fewer.sample_ends, first.sample_ends[..3]);
 

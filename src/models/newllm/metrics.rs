@@ -1,6 +1,7 @@
-//! Metrics (ALGORITHM.md section 6): Effective Rank from singular values,
-//! perplexity. Accuracy and convergence rate are counted where they arise
-//! (ops::cross_entropy, ops::phase1_losses).
+//! Metrics (ALGORITHM.md section 6): Effective Rank from singular values.
+//! Perplexity (exp of the mean loss), accuracy and the convergence rate are
+//! computed where they arise (train_loop, ops::cross_entropy,
+//! ops::phase1_losses).
 
 use crate::rng::Rng;
 use anyhow::{anyhow, Result};
@@ -41,10 +42,6 @@ pub fn effective_rank_of(s: &[f64]) -> f64 {
         .map(|p| -p * (p + 1e-10).ln())
         .sum();
     h.exp()
-}
-
-pub fn perplexity(mean_loss: f64) -> f64 {
-    mean_loss.exp()
 }
 
 #[cfg(test)]

@@ -11,6 +11,11 @@ use crate::rng::Rng;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
+/// Seed salts, so the random init and the context noise draw independent
+/// streams from one `seed` (the GPU uses the same ones).
+pub const RANDOM_INIT_SALT: u64 = 0x5EED_0001;
+pub const NOISE_SALT: u64 = 0x5EED_0002;
+
 /// Losses and convergence of one iteration, before its Adam step.
 #[derive(Clone, Debug, Default)]
 pub struct IterationStats {
@@ -30,6 +35,7 @@ pub struct Phase1 {
     ctx_in: Vec<f32>,
     x: Vec<f32>,
     dout: Vec<f32>,
+    col_mean: Vec<f64>,
     noise: Rng,
 }
 
@@ -42,7 +48,7 @@ impl Phase1 {
             Phase1Init::Sequential => sequential_pass(model, ids, n),
             Phase1Init::Random => {
                 let mut p = vec![0.0; n * c];
-                Rng::new(cfg.seed ^ 0x5EED_0001).fill_normal(&mut p, 0.01);
+                Rng::new(cfg.seed ^ RANDOM_INIT_SALT).fill_normal(&mut p, 0.01);
                 p
             }
         });
@@ -56,7 +62,8 @@ impl Phase1 {
             ctx_in: vec![0.0; cap * c],
             x: vec![0.0; cap * cfg.token_input_dim()],
             dout: vec![0.0; cap * c],
-            noise: Rng::new(cfg.seed ^ 0x5EED_0002),
+            col_mean: vec![0.0; c],
+            noise: Rng::new(cfg.seed ^ NOISE_SALT),
         }
     }
 
@@ -96,13 +103,14 @@ impl Phase1 {
                 w,
                 cfg.phase1_convergence_threshold,
                 1.0 / num_batches as f64,
+                &mut self.col_mean,
                 Some(&mut self.dout[..rows * c]),
             );
             self.out[s * c..(s + rows) * c].copy_from_slice(out);
             let frac = rows as f64 / n as f64;
             st.cvfp_loss += cvfp * frac;
             st.diversity_loss += div * frac;
-            st.total_loss += ((1.0 - w) * cvfp + w * div) * frac;
+            st.total_loss += ops::phase1_total_loss(cvfp, div, w) * frac;
             st.converged_tokens += conv;
             model.context_backward(
                 &self.ctx_in,

@@ -8,7 +8,8 @@ use super::ops::{clip_grad_norm, GpuAdam};
 use super::runtime::{Arg, Buf, Dev};
 use crate::config::{Config, Phase1Init};
 use crate::models::newllm::model::Model;
-use crate::models::newllm::phase1::{IterationStats, Phase1Steps};
+use crate::models::newllm::phase1::{IterationStats, Phase1Steps, NOISE_SALT, RANDOM_INIT_SALT};
+use crate::ops;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -63,7 +64,7 @@ impl GpuPhase1 {
                 Phase1Init::Random => {
                     // the same draw as the CPU (host RNG), so both devices start alike
                     let mut p = vec![0.0; n * c];
-                    Rng::new(cfg.seed ^ 0x5EED_0001).fill_normal(&mut p, 0.01);
+                    Rng::new(cfg.seed ^ RANDOM_INIT_SALT).fill_normal(&mut p, 0.01);
                     dev.upload(&p)?
                 }
             },
@@ -118,7 +119,7 @@ impl GpuPhase1 {
                     Arg::P(self.prev.ptr),
                     Arg::P(self.ctx_in.ptr),
                     Arg::F(cfg.phase1_context_noise as f32),
-                    Arg::U(cfg.seed ^ 0x5EED_0002),
+                    Arg::U(cfg.seed ^ NOISE_SALT),
                     Arg::U(self.noise_used),
                 ],
             )?;
@@ -163,7 +164,7 @@ impl GpuPhase1 {
                 .map(|&v| v as i64)
                 .sum();
             let scale = 1.0 / num_batches as f64;
-            let (cvfp, div, a, b) = batch_losses(sq, fr, rows, c, w, scale);
+            let (cvfp, div, a, b) = ops::phase1_loss_terms(sq, fr, rows, c, w, scale);
             dev.launch_n(
                 "p1_grad",
                 rows * c,
@@ -182,7 +183,7 @@ impl GpuPhase1 {
             let frac = rows as f64 / n as f64;
             st.cvfp_loss += cvfp * frac;
             st.diversity_loss += div * frac;
-            st.total_loss += ((1.0 - w) * cvfp + w * div) * frac;
+            st.total_loss += ops::phase1_total_loss(cvfp, div, w) * frac;
             st.converged_tokens += conv as usize;
             context_backward(
                 dev,
@@ -197,28 +198,6 @@ impl GpuPhase1 {
         dev.sync()?;
         Ok(st)
     }
-}
-
-/// ops::phase1_losses from the per-row sums of `p1_row_stats`:
-/// (cvfp, div, a, b) with dout = a (out - prev) - b (out - mean).
-pub(crate) fn batch_losses(
-    sq: f64,
-    fr: f64,
-    rows: usize,
-    c: usize,
-    w: f64,
-    scale: f64,
-) -> (f64, f64, f32, f32) {
-    let frob = fr.sqrt();
-    let cvfp = sq / (rows * c) as f64;
-    let div = -frob / rows as f64;
-    let a = (scale * (1.0 - w) * 2.0 / (rows * c) as f64) as f32;
-    let b = if frob > 0.0 {
-        (scale * w / (frob * rows as f64)) as f32
-    } else {
-        0.0
-    };
-    (cvfp, div, a, b)
 }
 
 /// Phase-1 iteration steps on the device, for the shared loop in phase1.rs.
@@ -247,7 +226,6 @@ impl Phase1Steps for GpuPhase1Steps<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::ops;
 
     /// The Phase-1 kernels' arithmetic (p1_row_stats, col_sum_f64, p1_grad),
@@ -260,7 +238,17 @@ mod tests {
         ops::tests::fill(&mut out, 21);
         ops::tests::fill(&mut prev, 22);
         let mut want = vec![0.0f32; rows * n];
-        let (cvfp, div, conv) = ops::phase1_losses(&out, &prev, n, w, thr, scale, Some(&mut want));
+        let mut col_mean = vec![0.0; n];
+        let (cvfp, div, conv) = ops::phase1_losses(
+            &out,
+            &prev,
+            n,
+            w,
+            thr,
+            scale,
+            &mut col_mean,
+            Some(&mut want),
+        );
         let colsum: Vec<f64> = (0..n)
             .map(|i| (0..rows).map(|r| out[r * n + i] as f64).sum())
             .collect();
@@ -277,7 +265,7 @@ mod tests {
             fr += rf;
             cv += usize::from(rs / (n as f64) < thr);
         }
-        let (c2, d2, a, b) = batch_losses(sq, fr, rows, n, w, scale);
+        let (c2, d2, a, b) = ops::phase1_loss_terms(sq, fr, rows, n, w, scale);
         assert!((c2 - cvfp).abs() < 1e-12 && (d2 - div).abs() < 1e-12 && cv == conv);
         for idx in 0..rows * n {
             let m = (colsum[idx % n] / rows as f64) as f32;
