@@ -169,8 +169,8 @@ fn print_sweep(r: &SweepResults, dir: &std::path::Path) {
             c.train_tokens,
             c.val_ppl,
             100.0 * c.val_acc,
-            100.0 * c.train_er,
-            100.0 * c.val_er,
+            100.0 * c.nl().train_er,
+            100.0 * c.nl().val_er,
             c.best_epoch,
             c.stop_epoch
         );
@@ -196,16 +196,19 @@ fn run(cli: Cli) -> Result<()> {
                 samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
             let r = run_cell(&cfg, samples, &out, &run.cache_dir)?;
             println!("{}", summary_line(&r));
-            let s = &r.seconds;
+            let stages: Vec<String> = r
+                .seconds
+                .0
+                .iter()
+                .filter(|(k, _)| k != "total")
+                .map(|(k, v)| format!("{k} {v:.1}s"))
+                .collect();
+            let iterations = r.newllm.as_ref().map_or(String::new(), |n| {
+                format!(" | {} Phase-1 iterations", n.phase1_iterations)
+            });
             println!(
-                "stages: data {:.1}s | phase1 {:.1}s ({} iterations) | train cache {:.1}s | val cache {:.1}s | ER {:.1}s | phase2 {:.1}s | peak RSS {} (predicted {})",
-                s.data,
-                s.phase1,
-                r.phase1_iterations,
-                s.train_cache,
-                s.val_cache,
-                s.effective_rank,
-                s.phase2,
+                "stages: {}{iterations} | peak RSS {} (predicted {})",
+                stages.join(" | "),
                 gib(r.measured_peak_bytes),
                 gib(r.predicted_peak_bytes)
             );

@@ -163,9 +163,12 @@ fn bad_weights_and_streams_are_clear_errors() {
         num_input_tokens: 5,
         ..cfg.clone()
     };
-    let err = check_split(&k, &split(vec![1, 2, 3, 4, 5, 6], vec![1, 2, 3]))
-        .unwrap_err()
-        .to_string();
+    // k is New-LLM's own constraint: its cell refuses before training.
+    let paths = CellPaths::new(&std::env::temp_dir(), 1);
+    let err =
+        newllm::models::run_cell(&k, 1, &split(vec![1, 2, 3, 4, 5, 6], vec![1, 2, 3]), &paths)
+            .unwrap_err()
+            .to_string();
     assert!(
         err.contains("num_input_tokens = 5 is larger than the validation stream (3 tokens)"),
         "{err}"
@@ -281,10 +284,11 @@ fn same_seed_and_threads_give_identical_results() {
     let a = run_cell(&cfg, 4, &dir.join("a"), &dir.join("cache")).unwrap();
     let b = run_cell(&cfg, 4, &dir.join("b"), &dir.join("cache")).unwrap();
     assert_eq!(
-        a.phase1,
-        b.phase1
+        a.nl().phase1,
+        b.nl()
+            .phase1
             .iter()
-            .zip(&a.phase1)
+            .zip(&a.nl().phase1)
             .map(|(x, y)| newllm::cell_result::Phase1Iteration {
                 seconds: y.seconds,
                 ..x.clone()

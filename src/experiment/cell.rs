@@ -22,8 +22,8 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
     check_split(cfg, &split)?;
     let load_seconds = t.elapsed().as_secs_f64();
     let mut result = models::run_cell(cfg, samples, &split, &paths)?;
-    result.seconds.data += load_seconds;
-    result.seconds.total += load_seconds;
+    result.seconds.add("data", load_seconds);
+    result.seconds.add("total", load_seconds);
     write_atomic(
         &paths.result,
         serde_json::to_string_pretty(&result)?.as_bytes(),
@@ -31,18 +31,24 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
     Ok(result)
 }
 
-/// One line per cell, like the seed's summary table.
+/// One line per cell, like the seed's summary table (ER where the model has it).
 pub fn summary_line(r: &CellResult) -> String {
+    let er = r.newllm.as_ref().map_or(String::new(), |n| {
+        format!(
+            " | Train ER {:.1}% | Val ER {:.1}%",
+            100.0 * n.train_er,
+            100.0 * n.val_er
+        )
+    });
     format!(
-        "samples {} | tokens {} | Val PPL {:.1} | Val Acc {:.1}% | Train ER {:.1}% | Val ER {:.1}% | best epoch {}/{} | {:.1}s",
+        "{} | samples {} | tokens {} | Val PPL {:.1} | Val Acc {:.1}%{er} | best epoch {}/{} | {:.1}s",
+        r.model,
         r.samples,
         r.train_tokens,
         r.val_ppl,
         100.0 * r.val_acc,
-        100.0 * r.train_er,
-        100.0 * r.val_er,
         r.best_epoch,
         r.stop_epoch,
-        r.seconds.total
+        r.seconds.total()
     )
 }

@@ -249,7 +249,7 @@ impl Plot for ErPlot<'_> {
         let top = self
             .cells
             .iter()
-            .flat_map(|c| [c.train_er, c.val_er])
+            .flat_map(|c| [c.nl().train_er, c.nl().val_er])
             .fold(0.0f64, f64::max)
             * 100.0;
         let top = if top > 0.0 { top * 1.25 } else { 1.0 };
@@ -277,8 +277,8 @@ impl Plot for ErPlot<'_> {
             .label_style((FAMILY, 14))
             .draw()
             .map_err(plot_err)?;
-        let train: Vec<f64> = self.cells.iter().map(|c| c.train_er).collect();
-        let val: Vec<f64> = self.cells.iter().map(|c| c.val_er).collect();
+        let train: Vec<f64> = self.cells.iter().map(|c| c.nl().train_er).collect();
+        let val: Vec<f64> = self.cells.iter().map(|c| c.nl().val_er).collect();
         for (k, (name, values)) in [("train ER", train), ("val ER", val)]
             .into_iter()
             .enumerate()

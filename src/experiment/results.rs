@@ -62,7 +62,7 @@ pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
     let column = |f: fn(&CellResult) -> f64| cells.iter().map(f).collect::<Vec<f64>>();
     let log_tokens = column(|c| (c.train_tokens as f64).max(1.0).ln());
     let (er, acc, all_ppl) = (
-        column(|c| c.val_er),
+        column(|c| c.nl().val_er),
         column(|c| c.val_acc),
         column(|c| c.val_ppl),
     );
@@ -107,7 +107,10 @@ mod tests {
             samples,
             train_tokens,
             val_ppl,
-            val_er: 0.08 + samples as f64 * 1e-5,
+            newllm: Some(crate::cell_result::NewLlmResult {
+                val_er: 0.08 + samples as f64 * 1e-5,
+                ..Default::default()
+            }),
             val_acc: 0.1,
             ..CellResult::default()
         })

@@ -109,7 +109,7 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
                         " {:.1} | {} | {} |",
                         c.val_ppl,
                         pct(c.val_acc),
-                        pct(c.val_er)
+                        pct(c.nl().val_er)
                     )
                 }
                 None => row += " - | - | - |",
@@ -122,7 +122,7 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
                         " {} | {:+.1} points | {:+.1} points |",
                         change_pct(b.val_ppl, c.val_ppl),
                         (c.val_acc - b.val_acc) * 100.0,
-                        (c.val_er - b.val_er) * 100.0
+                        (c.nl().val_er - b.nl().val_er) * 100.0
                     )
                 }
                 _ => row += " - | - | - |",
@@ -139,7 +139,7 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
             Some(fit) => alpha_sentence(fit),
             None => "no scaling fit".to_string(),
         };
-        let er = r.cells.iter().map(|c| c.val_er);
+        let er = r.cells.iter().map(|c| c.nl().val_er);
         let (lo, hi) = er.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let band = if r.cells.is_empty() {
             String::new()

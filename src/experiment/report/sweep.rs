@@ -111,7 +111,7 @@ pub fn section_summary(md: &mut String, r: &SweepResults) {
             thousands(c.train_tokens),
             c.val_ppl,
             pct(c.val_acc),
-            pct(c.val_er)
+            pct(c.nl().val_er)
         );
     }
     *md += "\n";
@@ -147,8 +147,8 @@ pub fn section_er(md: &mut String, r: &SweepResults) {
             .map(f)
             .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
     };
-    let (vlo, vhi) = band(|c| c.val_er);
-    let (tlo, thi) = band(|c| c.train_er);
+    let (vlo, vhi) = band(|c| c.nl().val_er);
+    let (tlo, thi) = band(|c| c.nl().train_er);
     let (alo, ahi) = (vlo.min(tlo), vhi.max(thi));
     *md += &format!(
         "ER ranges over {}-{} across all cells and both splits ({:.1} points): val ER {}-{}, train ER {}-{}.\n\n",
@@ -165,12 +165,12 @@ pub fn section_er(md: &mut String, r: &SweepResults) {
         *md += &format!(
             "| {} | {} | {} | {:.1} |\n",
             c.samples,
-            pct(c.train_er),
-            pct(c.val_er),
-            c.val_er_abs
+            pct(c.nl().train_er),
+            pct(c.nl().val_er),
+            c.nl().val_er_abs
         );
     }
-    let mean_abs = r.cells.iter().map(|c| c.val_er_abs).sum::<f64>() / r.cells.len() as f64;
+    let mean_abs = r.cells.iter().map(|c| c.nl().val_er_abs).sum::<f64>() / r.cells.len() as f64;
     *md += &format!(
         "\nOn average about {:.0} of the {} context dimensions are effectively used on validation.\n\n![effective rank](plots/effective_rank.png)\n\n",
         mean_abs, r.config.context_dim
@@ -274,8 +274,15 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
             "- Caution: with only n = {n} cells a correlation needs |r| >= {rc:.2} to reach p < 0.05, so \"not significant\" is weak evidence of no relation; the Spearman p-value uses the t approximation, which is rough for so few cells.\n"
         );
     }
-    let er_spread = r.cells.iter().map(|c| c.val_er).fold(f64::MIN, f64::max)
-        - r.cells.iter().map(|c| c.val_er).fold(f64::MAX, f64::min);
+    let er_spread = r
+        .cells
+        .iter()
+        .map(|c| c.nl().val_er)
+        .fold(f64::MIN, f64::max)
+        - r.cells
+            .iter()
+            .map(|c| c.nl().val_er)
+            .fold(f64::MAX, f64::min);
     *md += "\nVerdict: ";
     *md += match (tokens_sig, er_sig) {
         (true, false) => "token count is the dominant factor in this sweep: its relation with PPL is significant, and no significant relation between ER and performance was found.",
@@ -543,28 +550,62 @@ pub fn section_factor_table(md: &mut String, r: &SweepResults) {
     *md += &format!("| Effective Rank | {er_ev} | {er_v} |\n\n");
 }
 
-pub fn section_timings(md: &mut String, r: &SweepResults) {
-    *md += "## Timings (seconds)\n\n";
-    *md += "| Samples | Data | Phase 1 | Train cache | Val cache | ER | Phase 2 | Total | Phase 1 iterations | Converged |\n";
-    *md += "|---------|------|---------|-------------|-----------|----|---------|-------|--------------------|-----------|\n";
-    for c in &r.cells {
-        let s = &c.seconds;
-        *md += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} ({}) |\n",
-            c.samples,
-            s.data,
-            s.phase1,
-            s.train_cache,
-            s.val_cache,
-            s.effective_rank,
-            s.phase2,
-            s.total,
-            c.phase1_iterations,
-            if c.phase1_converged { "yes" } else { "no" },
-            pct(c.phase1_final_convergence_rate)
-        );
+/// A stage key as a column heading ("train_cache" -> "Train cache").
+fn stage_heading(key: &str) -> String {
+    match key {
+        "phase1" => "Phase 1".into(),
+        "phase2" => "Phase 2".into(),
+        "effective_rank" => "ER".into(),
+        _ => {
+            let text = key.replace('_', " ");
+            let mut chars = text.chars();
+            chars.next().map_or(String::new(), |f| {
+                f.to_uppercase().collect::<String>() + chars.as_str()
+            })
+        }
     }
-    let total: f64 = r.cells.iter().map(|c| c.seconds.total).sum();
+}
+
+pub fn section_timings(md: &mut String, r: &SweepResults) {
+    // Every stage any cell recorded, in the order the cells ran them.
+    let mut stages: Vec<&str> = Vec::new();
+    for c in &r.cells {
+        for (k, _) in &c.seconds.0 {
+            if !stages.contains(&k.as_str()) {
+                stages.push(k);
+            }
+        }
+    }
+    let phase1 = r.cells.iter().all(|c| c.newllm.is_some());
+    *md += "## Timings (seconds)\n\n| Samples |";
+    for k in &stages {
+        *md += &format!(" {} |", stage_heading(k));
+    }
+    if phase1 {
+        *md += " Phase 1 iterations | Converged |";
+    }
+    *md += "\n|---|";
+    *md += &"---|".repeat(stages.len() + if phase1 { 2 } else { 0 });
+    *md += "\n";
+    for c in &r.cells {
+        *md += &format!("| {} |", c.samples);
+        for k in &stages {
+            *md += &c
+                .seconds
+                .get(k)
+                .map_or(" - |".into(), |v| format!(" {v:.1} |"));
+        }
+        if let Some(n) = &c.newllm {
+            *md += &format!(
+                " {} | {} ({}) |",
+                n.phase1_iterations,
+                if n.phase1_converged { "yes" } else { "no" },
+                pct(n.phase1_final_convergence_rate)
+            );
+        }
+        *md += "\n";
+    }
+    let total: f64 = r.cells.iter().map(|c| c.seconds.total()).sum();
     *md += &format!(
         "\nWhole sweep: {:.1} s ({:.1} min).\n\n",
         total,

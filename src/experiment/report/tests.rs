@@ -3,7 +3,7 @@
 use super::compare::differing_fields;
 use super::diagnostics::diagnose;
 use super::*;
-use crate::cell_result::{CellResult, Epoch, StageSeconds};
+use crate::cell_result::{CellResult, Epoch, NewLlmResult, Timings};
 use crate::config::Config;
 use crate::experiment::format::{
     civil_date, compare_command, fmt_p, shell_word, sweep_command, thousands,
@@ -38,34 +38,42 @@ fn cell(
         samples,
         train_tokens: tokens,
         val_tokens: tokens / 9,
-        train_er: er.0,
-        val_er: er.1,
-        train_er_abs: er.0 * 768.0,
-        val_er_abs: er.1 * 768.0,
         val_ppl: b.val_ppl,
         val_loss: b.val_loss,
         val_acc: b.val_acc,
         best_epoch: best,
         stop_epoch: epochs.len(),
         early_stopped: epochs.len() < 10,
-        phase1_iterations: 12,
-        phase1_converged: true,
-        phase1_final_convergence_rate: 0.97,
-        phase1: Vec::new(),
-        seconds: StageSeconds {
-            data: 1.0,
-            phase1: 30.0,
-            train_cache: 5.0,
-            val_cache: 0.5,
-            effective_rank: 2.0,
-            phase2: 60.0,
-            total: 98.5,
-        },
+        seconds: Timings(
+            [
+                ("data", 1.0),
+                ("phase1", 30.0),
+                ("train_cache", 5.0),
+                ("val_cache", 0.5),
+                ("effective_rank", 2.0),
+                ("phase2", 60.0),
+                ("total", 98.5),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        ),
         epochs,
         threads: 2,
         predicted_peak_bytes: 1 << 30,
         measured_peak_bytes: 1 << 30,
         config: Config::default(),
+        newllm: Some(NewLlmResult {
+            train_er: er.0,
+            val_er: er.1,
+            train_er_abs: er.0 * 768.0,
+            val_er_abs: er.1 * 768.0,
+            phase1_iterations: 12,
+            phase1_converged: true,
+            phase1_final_convergence_rate: 0.97,
+            phase1: Vec::new(),
+        }),
+        ..CellResult::default()
     }
 }
 

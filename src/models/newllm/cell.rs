@@ -9,7 +9,7 @@ use super::memory::predict_peak_bytes;
 use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
-use crate::cell_result::{CellResult, StageSeconds};
+use crate::cell_result::{CellResult, NewLlmResult, Timings};
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
 use crate::io::log_line;
@@ -18,6 +18,38 @@ use crate::models::CellPaths;
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
+
+/// Wall-clock seconds of each stage of a New-LLM cell.
+#[derive(Default)]
+struct StageSeconds {
+    data: f64,
+    phase1: f64,
+    train_cache: f64,
+    val_cache: f64,
+    effective_rank: f64,
+    phase2: f64,
+    total: f64,
+}
+
+impl StageSeconds {
+    /// In the order the stages run, as the result files have always listed them.
+    fn timings(&self) -> Timings {
+        Timings(
+            [
+                ("data", self.data),
+                ("phase1", self.phase1),
+                ("train_cache", self.train_cache),
+                ("val_cache", self.val_cache),
+                ("effective_rank", self.effective_rank),
+                ("phase2", self.phase2),
+                ("total", self.total),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        )
+    }
+}
 
 /// Trains and evaluates New-LLM on one split. Prints progress lines; writes
 /// the log and checkpoint to `paths` (the caller writes the result).
@@ -147,29 +179,34 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     let best = p2.best().clone();
     let last = p1.log.last().cloned().unwrap_or_default();
     let result = CellResult {
+        model: "newllm".into(),
+        replicate: 0,
+        ran_on: engine.describe(),
         samples,
         train_tokens: n,
         val_tokens: m,
-        train_er: train_er / c as f64,
-        val_er: val_er / c as f64,
-        train_er_abs: train_er,
-        val_er_abs: val_er,
         val_ppl: best.val_ppl,
         val_loss: best.val_loss,
         val_acc: best.val_acc,
         best_epoch: p2.best_epoch,
         stop_epoch: p2.stop_epoch,
         early_stopped: p2.early_stopped,
-        phase1_iterations: p1.log.len(),
-        phase1_converged: p1.converged,
-        phase1_final_convergence_rate: last.convergence_rate,
-        phase1: p1.log,
         epochs: p2.epochs,
-        seconds: secs,
+        seconds: secs.timings(),
         threads,
         predicted_peak_bytes: predicted,
         measured_peak_bytes: peak_rss().unwrap_or(0),
         config: cfg.clone(),
+        newllm: Some(NewLlmResult {
+            train_er: train_er / c as f64,
+            val_er: val_er / c as f64,
+            train_er_abs: train_er,
+            val_er_abs: val_er,
+            phase1_iterations: p1.log.len(),
+            phase1_converged: p1.converged,
+            phase1_final_convergence_rate: last.convergence_rate,
+            phase1: p1.log,
+        }),
     };
     Ok(result)
 }
