@@ -130,7 +130,7 @@ fn cpu_name() -> String {
 /// One trained and evaluated cell of one model: the common figures every
 /// model reports, plus the model's own part (flattened into the same JSON
 /// object, so cell files written before models had parts read unchanged).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
     /// Which model: "newllm", "kn" or "transformer".
     #[serde(default = "newllm_name")]
@@ -165,9 +165,52 @@ pub struct CellResult {
     #[serde(default)]
     pub measured_peak_bytes: u64,
     pub config: Config,
+    /// The model's shape as run (e.g. "3 layers x d_model 48, 4 heads, block 128").
+    #[serde(default)]
+    pub architecture: String,
+    /// Parameters trained, those outside the embeddings and output head,
+    /// and GEMM FLOPs per training token (forward + backward), so models of
+    /// different kinds can be set side by side.
+    #[serde(default)]
+    pub trainable_params: u64,
+    #[serde(default)]
+    pub non_embedding_params: u64,
+    #[serde(default)]
+    pub train_flops_per_token: f64,
     /// New-LLM's own figures; None for the baselines.
     #[serde(flatten)]
     pub newllm: Option<NewLlmResult>,
+}
+
+/// An empty New-LLM result on the CPU, as a file without those fields reads.
+impl Default for CellResult {
+    fn default() -> Self {
+        CellResult {
+            model: newllm_name(),
+            replicate: 0,
+            ran_on: cpu_name(),
+            samples: 0,
+            train_tokens: 0,
+            val_tokens: 0,
+            val_ppl: 0.0,
+            val_loss: 0.0,
+            val_acc: 0.0,
+            best_epoch: 0,
+            stop_epoch: 0,
+            early_stopped: false,
+            epochs: Vec::new(),
+            seconds: Timings::default(),
+            threads: 0,
+            predicted_peak_bytes: 0,
+            measured_peak_bytes: 0,
+            config: Config::default(),
+            architecture: String::new(),
+            trainable_params: 0,
+            non_embedding_params: 0,
+            train_flops_per_token: 0.0,
+            newllm: None,
+        }
+    }
 }
 
 impl CellResult {

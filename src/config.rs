@@ -96,6 +96,29 @@ pub struct Config {
     /// device = "cuda" only: let cuBLAS use TF32 tensor cores for the GEMMs
     /// (faster, ~1e-3 relative error; off keeps f32 parity with the CPU).
     pub cuda_allow_tf32: bool,
+
+    // ---- baselines and replicates (the report's "compared with what?" and
+    // "is it more than noise?")
+    /// Standard models trained and evaluated on each cell's exact split next
+    /// to New-LLM: any of "kn" (interpolated modified Kneser-Ney n-gram) and
+    /// "transformer" (GPT-2-style decoder); [] = New-LLM alone.
+    pub baselines: Vec<String>,
+    /// Runs per cell with seeds seed, seed + 1, ... (New-LLM and the
+    /// transformer: init, Phase-1 noise; the data and split are unchanged).
+    /// The n-gram is deterministic and runs once.
+    pub replicates: usize,
+    /// n-gram order of the Kneser-Ney baseline.
+    pub kn_order: usize,
+    /// Transformer layers; 0 = num_layers.
+    pub transformer_layers: usize,
+    /// Transformer attention heads (transformer_dim must be a multiple).
+    pub transformer_heads: usize,
+    /// Transformer width d_model; 0 = the size rule: the multiple of
+    /// transformer_heads whose non-embedding parameters come closest to
+    /// New-LLM's ContextBlock + TokenBlock (without its head).
+    pub transformer_dim: usize,
+    /// Positions per transformer sequence (training and validation windows).
+    pub transformer_block_size: usize,
 }
 
 impl Default for Config {
@@ -133,6 +156,13 @@ impl Default for Config {
             threads: 0,
             device: "cpu".to_string(),
             cuda_allow_tf32: false,
+            baselines: vec!["kn".to_string(), "transformer".to_string()],
+            replicates: 2,
+            kn_order: 4,
+            transformer_layers: 0,
+            transformer_heads: 4,
+            transformer_dim: 0,
+            transformer_block_size: 128,
         }
     }
 }
@@ -193,6 +223,10 @@ impl Config {
             ("phase1_max_iterations", self.phase1_max_iterations),
             ("phase2_batch_size", self.phase2_batch_size),
             ("phase2_epochs", self.phase2_epochs),
+            ("replicates", self.replicates),
+            ("kn_order", self.kn_order),
+            ("transformer_heads", self.transformer_heads),
+            ("transformer_block_size", self.transformer_block_size),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -219,6 +253,21 @@ impl Config {
             bail!(
                 "config field device must be \"cpu\" or \"cuda\", got {:?}",
                 self.device
+            );
+        }
+        for (i, b) in self.baselines.iter().enumerate() {
+            if !BASELINES.contains(&b.as_str()) {
+                bail!("config field baselines: unknown model {b:?}; choose from {BASELINES:?} (or [] for none)");
+            }
+            if self.baselines[..i].contains(b) {
+                bail!("config field baselines names {b:?} twice");
+            }
+        }
+        if !self.transformer_dim.is_multiple_of(self.transformer_heads) {
+            bail!(
+                "config field transformer_dim ({}) must be a multiple of transformer_heads ({})",
+                self.transformer_dim,
+                self.transformer_heads
             );
         }
         if self.sample_counts.is_empty() || self.sample_counts.contains(&0) {
@@ -280,6 +329,9 @@ impl Config {
         }
     }
 }
+
+/// The baseline models `baselines` may name.
+pub const BASELINES: [&str; 2] = ["kn", "transformer"];
 
 /// Presets compiled in from `presets/*.toml`, so the binary works from anywhere.
 pub const PRESETS: &[(&str, &str)] = &[

@@ -4,12 +4,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use newllm::config::Config;
 use newllm::experiment::cell::{run_cell, summary_line};
+use newllm::experiment::report::baselines::mean_sd;
 use newllm::experiment::report::wording::alpha_sentence;
 use newllm::experiment::results::SweepResults;
 use newllm::experiment::sweep;
 use newllm::memory::gib;
 use newllm::models::newllm::{checkpoint, generate, golden};
-use newllm::models::CellPaths;
+use newllm::models::{CellPaths, ModelKind};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -53,7 +54,7 @@ impl RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Train one cell (Phase 1 -> caches -> ER -> Phase 2) and print its summary.
+    /// Train one cell of one model (New-LLM: Phase 1 -> caches -> ER -> Phase 2) and print its summary.
     Train {
         #[command(flatten)]
         run: RunArgs,
@@ -63,6 +64,9 @@ enum Cmd {
         /// Output directory for the log, checkpoint and result JSON.
         #[arg(long, default_value = "runs/train")]
         out: PathBuf,
+        /// Which model: newllm, kn or transformer.
+        #[arg(long, default_value = "newllm")]
+        model: String,
     },
     /// Run the scaling sweep: one cell per sample count, resumable; writes
     /// DIR/results.json, DIR/report.md and plots.
@@ -158,25 +162,38 @@ enum DataCmd {
     },
 }
 
-/// The seed's summary table and scaling line on stdout.
+/// The summary table (every model, mean +/- sd over seeds) and each
+/// model's scaling line on stdout.
 fn print_sweep(r: &SweepResults, dir: &std::path::Path) {
-    println!("| Samples | Tokens | Val PPL | Val Acc | Train ER | Val ER | best/stop epoch |");
-    println!("|---|---|---|---|---|---|---|");
-    for c in &r.cells {
-        println!(
-            "| {} | {} | {:.1} | {:.1}% | {:.1}% | {:.1}% | {}/{} |",
-            c.samples,
-            c.train_tokens,
-            c.val_ppl,
-            100.0 * c.val_acc,
-            100.0 * c.nl().train_er,
-            100.0 * c.nl().val_er,
-            c.best_epoch,
-            c.stop_epoch
+    let label = |m: &str| ModelKind::from_name(m).map_or(m.to_string(), |k| k.label().to_string());
+    let mut head = "| Samples | Tokens |".to_string();
+    for m in &r.models {
+        head += &format!(
+            " {} Val PPL | {} Val Acc |",
+            label(&m.model),
+            label(&m.model)
         );
     }
-    if let Some(f) = &r.scaling {
-        println!("{}", alpha_sentence(f));
+    head += " New-LLM Val ER |";
+    println!("{head}");
+    println!("|{}", "---|".repeat(head.matches('|').count() - 1));
+    for c in &r.cells {
+        let mut row = format!("| {} | {} |", c.samples, c.train_tokens);
+        for m in &r.models {
+            let cell = m.cells.iter().find(|x| x.samples == c.samples);
+            row += &format!(
+                " {} | {}% |",
+                mean_sd(cell.and_then(|x| x.val_ppl), 1.0, 1),
+                mean_sd(cell.and_then(|x| x.val_acc), 100.0, 1)
+            );
+        }
+        row += &format!(" {:.1}% |", 100.0 * c.nl().val_er);
+        println!("{row}");
+    }
+    for m in &r.models {
+        if let Some(f) = &m.scaling {
+            println!("{}: {}", label(&m.model), alpha_sentence(f));
+        }
     }
     println!("report: {}", dir.join("report.md").display());
 }
@@ -190,11 +207,18 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Train { run, samples, out } => {
+        Cmd::Train {
+            run,
+            samples,
+            out,
+            model,
+        } => {
             let cfg = run.config()?;
+            let kind = ModelKind::from_name(&model)
+                .with_context(|| format!("--model {model:?}: choose newllm, kn or transformer"))?;
             let samples =
                 samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
-            let r = run_cell(&cfg, samples, &out, &run.cache_dir)?;
+            let r = run_cell(kind, &cfg, samples, &out, &run.cache_dir)?;
             println!("{}", summary_line(&r));
             let stages: Vec<String> = r
                 .seconds
@@ -212,7 +236,10 @@ fn run(cli: Cli) -> Result<()> {
                 gib(r.measured_peak_bytes),
                 gib(r.predicted_peak_bytes)
             );
-            println!("result: {}", CellPaths::new(&out, samples).result.display());
+            println!(
+                "result: {}",
+                CellPaths::new(&out, kind, samples, 0).result.display()
+            );
         }
         Cmd::Sweep { run, out, cell } => {
             let cfg = run.config()?;

@@ -340,47 +340,168 @@ pub fn layernorm_backward(
     }
 }
 
+/// Defines `fn name(args) -> ret` whose body is compiled three times: for
+/// AVX-512, for AVX2+FMA and for the baseline target, picked at run time
+/// (std caches the CPU check). The crate is built for baseline x86-64, where
+/// the loops below would vectorise to 4 lanes only. Bodies must be plain
+/// loops without rayon: closures run elsewhere would lose the features.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn body($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn v4($($a: $t),*) $(-> $r)? { body($($a),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($a: $t),*) $(-> $r)? { body($($a),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the features were detected just above.
+                    return unsafe { v4($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+// Used here and by the models (the transformer's GELU).
+pub(crate) use multiversion;
+
+/// e^x to within ~2 ulp for x in [-87, 88] (clamped outside, so never inf
+/// and never 0; NaN stays NaN), in plain arithmetic that vectorises (libm's
+/// expf is a call per element). Cephes' expf: x = n ln2 + r, |r| <= ln2/2,
+/// e^r by a degree-7 polynomial, 2^n built in the exponent bits. `mul_add`
+/// is one instruction in the AVX2/AVX-512 versions and a correctly rounded
+/// libm call otherwise, so every version gives the same bits.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 2^23: adding it rounds to an integer, held in the low mantissa bits
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let z = x.mul_add(LOG2E, ROUND);
+    let n = z - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let p = 1.987_569_1e-4f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r + 1.0);
+    // z's bits are those of ROUND plus n; (n + 127) << 23 is 2^n (ROUND's
+    // own bits shift out)
+    e * f32::from_bits(z.to_bits().wrapping_add(127) << 23)
+}
+
+/// Lanes of the row loops: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+multiversion! {
+    /// One row of `cross_entropy`: (loss, argmax == target).
+    fn cross_entropy_row(
+        row: &mut [f32],
+        target: usize,
+        grad: bool,
+        inv_rows: f32
+    ) -> (f64, bool) {
+        let n = row.len();
+        let split = n - n % LANES;
+        // max: a plain lane-wise max (vmaxps) ...
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        for ch in row[..split].chunks_exact(LANES) {
+            for i in 0..LANES {
+                lane_max[i] = if ch[i] > lane_max[i] { ch[i] } else { lane_max[i] };
+            }
+        }
+        let max = row[split..]
+            .iter()
+            .chain(&lane_max)
+            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        // ... then its first index, a short scan over a row now in cache
+        let first_chunk = row[..split]
+            .chunks_exact(LANES)
+            .position(|ch| ch.iter().fold(false, |hit, &x| hit | (x == max)))
+            .map_or(split, |j| j * LANES);
+        let best = row[first_chunk..]
+            .iter()
+            .position(|&x| x == max)
+            .map_or(n, |i| first_chunk + i);
+        let target_logit = row[target];
+        // sum of e^(x - max): f32 lanes, flushed to f64 every 64 steps so
+        // no lane adds up more than 64 terms
+        let mut sum = 0.0f64;
+        for block in row[..split].chunks_mut(64 * LANES) {
+            let mut acc = [0.0f32; LANES];
+            for ch in block.chunks_exact_mut(LANES) {
+                for i in 0..LANES {
+                    let e = exp_approx(ch[i] - max);
+                    acc[i] += e;
+                    if grad {
+                        ch[i] = e;
+                    }
+                }
+            }
+            sum += acc.iter().map(|&a| a as f64).sum::<f64>();
+        }
+        for x in row[split..].iter_mut() {
+            let e = exp_approx(*x - max);
+            sum += e as f64;
+            if grad {
+                *x = e;
+            }
+        }
+        if grad {
+            let scale = (1.0 / sum) as f32 * inv_rows;
+            row.iter_mut().for_each(|x| *x *= scale);
+            row[target] -= inv_rows;
+        }
+        (sum.ln() - (target_logit - max) as f64, best == target)
+    }
+}
+
+thread_local! {
+    /// Per-row results of `cross_entropy`, summed in row order afterwards so
+    /// the total does not depend on how rayon split the rows. Grows to the
+    /// largest batch once, then is reused.
+    static ROW_RESULTS: std::cell::RefCell<Vec<(f64, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Mean softmax cross-entropy of `logits` (rows x V) against `targets`.
 /// Overwrites `logits` with d(mean loss)/d(logits) when `grad` is set.
 /// Returns (sum of per-row losses, number of rows whose argmax == target;
-/// ties go to the lowest index, as torch.argmax). Rows run in parallel.
+/// ties go to the lowest index, as torch.argmax). Rows run in parallel; the
+/// sum is taken in row order, so it is the same however they were split.
 pub fn cross_entropy(logits: &mut [f32], targets: &[u32], grad: bool) -> (f64, usize) {
     use rayon::prelude::*;
     let v = logits.len() / targets.len().max(1);
     let inv_rows = 1.0 / targets.len() as f32;
-    logits
-        .par_chunks_mut(v)
-        .zip(targets.par_iter())
-        .map(|(row, &t)| {
-            let t = t as usize;
-            let (mut best, mut max) = (0, f32::NEG_INFINITY);
-            for (i, &x) in row.iter().enumerate() {
-                if x > max {
-                    max = x;
-                    best = i;
-                }
-            }
-            let target_logit = row[t];
-            // exp in f32 (written back into the row), summed in f64
-            let mut sum = 0.0f64;
-            for x in row.iter_mut() {
-                let e = (*x - max).exp();
-                sum += e as f64;
-                if grad {
-                    *x = e;
-                }
-            }
-            if grad {
-                let scale = (1.0 / sum) as f32 * inv_rows;
-                row.iter_mut().for_each(|x| *x *= scale);
-                row[t] -= inv_rows;
-            }
-            (
-                sum.ln() - (target_logit - max) as f64,
-                usize::from(best == t),
-            )
+    ROW_RESULTS.with_borrow_mut(|out| {
+        out.resize(targets.len(), (0.0, false));
+        logits
+            .par_chunks_mut(v)
+            .zip(targets.par_iter())
+            .zip(out.par_iter_mut())
+            .for_each(|((row, &t), o)| *o = cross_entropy_row(row, t as usize, grad, inv_rows));
+        out.iter().fold((0.0, 0), |(l, c), &(loss, hit)| {
+            (l + loss, c + usize::from(hit))
         })
-        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    })
 }
 
 /// The Phase-1 losses and gradient coefficients of a batch from its sums:
@@ -704,6 +825,77 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn exp_approx_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp_approx(x) as f64) - want).abs() / want);
+        }
+        assert!(worst < 2.5e-7, "max relative error {worst}");
+        assert_eq!(exp_approx(0.0), 1.0);
+        assert!(exp_approx(f32::NAN).is_nan());
+        assert!(exp_approx(-1e4) > 0.0 && exp_approx(1e4).is_finite());
+    }
+
+    /// Reference: softmax cross-entropy in f64 with libm's exp.
+    fn cross_entropy_f64(logits: &[f32], targets: &[u32]) -> (f64, Vec<f64>) {
+        let v = logits.len() / targets.len();
+        let mut grad = vec![0.0; logits.len()];
+        let mut total = 0.0;
+        for (r, &t) in targets.iter().enumerate() {
+            let row = &logits[r * v..(r + 1) * v];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            total += sum.ln() - (row[t as usize] as f64 - max);
+            for (i, &x) in row.iter().enumerate() {
+                let p = (x as f64 - max).exp() / sum;
+                grad[r * v + i] = (p - f64::from(i == t as usize)) / targets.len() as f64;
+            }
+        }
+        (total, grad)
+    }
+
+    #[test]
+    fn cross_entropy_matches_an_f64_reference() {
+        // V = 37 exercises the non-multiple-of-16 tail; row 3 has its max
+        // twice (tie -> lowest index), row 4 has its max in the tail
+        let (rows, v) = (5, 37);
+        let mut logits = vec![0.0; rows * v];
+        fill(&mut logits, 61);
+        logits.iter_mut().for_each(|x| *x *= 8.0);
+        logits[3 * v + 5] = 20.0;
+        logits[3 * v + 30] = 20.0;
+        logits[4 * v + 35] = 20.0;
+        let targets = [3u32, 0, 36, 5, 35];
+        let mut mine = logits.clone();
+        let (l1, c1) = cross_entropy(&mut mine, &targets, true);
+        let (l2, g2) = cross_entropy_f64(&logits, &targets);
+        assert!((l1 - l2).abs() < 1e-6 * l2, "{l1} vs {l2}");
+        assert_eq!(c1, 2); // rows 3 and 4
+        assert!(
+            mine.iter()
+                .zip(&g2)
+                .all(|(a, b)| (*a as f64 - b).abs() < 1e-7),
+            "gradients differ"
+        );
+        let (l3, c3) = cross_entropy(&mut logits.clone(), &targets, false);
+        assert_eq!((l3, c3), (l1, c1));
+        // all-zero logits: ln V per row, argmax ties -> index 0
+        let (l0, c0) = cross_entropy(&mut vec![0.0; rows * v], &targets, false);
+        assert!((l0 - rows as f64 * (v as f64).ln()).abs() < 1e-6);
+        assert_eq!(c0, 1);
+        // a long row (more than one 64 x 16 summation block)
+        let mut long = vec![0.0; 2 * 5000];
+        fill(&mut long, 62);
+        let (a, b) = (
+            cross_entropy(&mut long.clone(), &[17, 4999], true).0,
+            cross_entropy_f64(&long, &[17, 4999]).0,
+        );
+        assert!((a - b).abs() < 1e-6 * b, "{a} vs {b}");
+    }
+
+    #[test]
     fn layernorm_backward_matches_finite_differences() {
         let (rows, n) = (3, 7);
         let mut z = vec![0.0; rows * n];
@@ -797,5 +989,38 @@ pub(crate) mod tests {
         assert!((p[0] - (1.0 - 0.001)).abs() < 1e-6, "{}", p[0]);
         assert_eq!(p[1], -1.0);
         assert_eq!(adam.t, 1);
+    }
+
+    #[test]
+    fn a_row_converges_only_strictly_below_the_threshold() {
+        // mean squared change exactly at the threshold: not converged
+        assert!(!row_converged(1.0, 4, 0.25));
+        assert!(row_converged(1.0 - 1e-12, 4, 0.25));
+        assert!(!row_converged(1.0 + 1e-12, 4, 0.25));
+        // the default 0.03 (not a binary fraction): 0.12 / 4 is exactly 0.03
+        assert_eq!(0.12 / 4.0, 0.03);
+        assert!(!row_converged(0.12, 4, 0.03));
+        assert!(row_converged(0.1199999, 4, 0.03));
+    }
+
+    #[test]
+    fn phase1_losses_count_rows_at_the_threshold_as_not_converged() {
+        let c = 4;
+        let prev = vec![0.0f32; 4 * c];
+        #[rustfmt::skip]
+        let out = vec![
+            0.5, 0.5, 0.5, 0.5,    // mean square 0.25: exactly at the threshold
+            0.5, 0.5, 0.5, 0.25,   // below
+            0.5, -0.5, 0.5, -0.5,  // exactly at the threshold again
+            0.75, 0.5, 0.5, 0.5,   // above
+        ];
+        let mut col_mean = vec![0.0; c];
+        let (cvfp, _, conv) = phase1_losses(&out, &prev, c, 0.8, 0.25, 1.0, &mut col_mean, None);
+        assert_eq!(conv, 1);
+        assert!((cvfp - (1.0 + 0.8125 + 1.0 + 1.3125) / 16.0).abs() < 1e-15);
+        // a hair above the threshold admits both boundary rows
+        let (_, _, conv) =
+            phase1_losses(&out, &prev, c, 0.8, 0.25 + 1e-9, 1.0, &mut col_mean, None);
+        assert_eq!(conv, 3);
     }
 }

@@ -79,3 +79,129 @@ pub fn run_epochs(
         early_stopped,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scripted epochs: validation loss `val[e - 1]` after epoch e; records
+    /// which epochs were trained and after which ones `keep_best` ran.
+    struct Script {
+        val: Vec<f64>,
+        trained: Vec<usize>,
+        kept: Vec<usize>,
+    }
+
+    impl Script {
+        fn new(val: &[f64]) -> Script {
+            Script {
+                val: val.to_vec(),
+                trained: Vec::new(),
+                kept: Vec::new(),
+            }
+        }
+    }
+
+    impl EpochSteps for Script {
+        fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
+            self.trained.push(epoch);
+            Ok(0.5 * epoch as f64)
+        }
+        fn evaluate(&mut self) -> Result<(f64, usize)> {
+            let e = *self.trained.last().unwrap();
+            Ok((self.val[e - 1], e))
+        }
+        fn keep_best(&mut self) -> Result<()> {
+            self.kept.push(*self.trained.last().unwrap());
+            Ok(())
+        }
+    }
+
+    fn run(val: &[f64], max_epochs: usize, patience: usize) -> (Script, EpochLog) {
+        let mut s = Script::new(val);
+        let mut seen = Vec::new();
+        let log = run_epochs("Stage X", max_epochs, patience, 10, &mut s, &mut |e| {
+            seen.push(e.epoch)
+        })
+        .unwrap();
+        assert_eq!(seen, s.trained, "on_epoch sees every epoch run, in order");
+        (s, log)
+    }
+
+    #[test]
+    fn patience_one_stops_right_after_the_first_epoch_without_improvement() {
+        let (s, log) = run(&[3.0, 2.0, 2.5, 1.0, 0.5], 5, 1);
+        assert_eq!(s.trained, vec![1, 2, 3]);
+        assert_eq!(s.kept, vec![1, 2]);
+        assert_eq!(log.best_epoch, 2);
+        assert_eq!(log.stop_epoch, 3);
+        assert!(log.early_stopped);
+        assert_eq!(log.epochs.len(), 3);
+    }
+
+    #[test]
+    fn patience_two_tolerates_one_bad_epoch_and_an_improvement_resets_the_count() {
+        // 3 does not improve (1 of 2), 4 improves (count reset), 5 and 6 do not.
+        let (s, log) = run(&[3.0, 2.0, 2.5, 1.0, 1.5, 1.6, 0.1], 7, 2);
+        assert_eq!(s.trained, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(s.kept, vec![1, 2, 4]);
+        assert_eq!(log.best_epoch, 4);
+        assert_eq!(log.stop_epoch, 6);
+        assert!(log.early_stopped);
+    }
+
+    #[test]
+    fn patience_zero_runs_every_epoch() {
+        let (s, log) = run(&[1.0, 2.0, 3.0, 4.0], 4, 0);
+        assert_eq!(s.trained, vec![1, 2, 3, 4]);
+        assert_eq!(s.kept, vec![1]);
+        assert_eq!(log.best_epoch, 1);
+        assert_eq!(log.stop_epoch, 4);
+        assert!(!log.early_stopped);
+    }
+
+    #[test]
+    fn running_out_of_epochs_is_not_an_early_stop() {
+        let (s, log) = run(&[3.0, 2.0, 1.0], 3, 1);
+        assert_eq!(s.kept, vec![1, 2, 3]);
+        assert_eq!((log.best_epoch, log.stop_epoch), (3, 3));
+        assert!(!log.early_stopped);
+    }
+
+    #[test]
+    fn an_equal_validation_loss_is_not_an_improvement() {
+        let (s, log) = run(&[2.0, 2.0, 1.0], 3, 1);
+        assert_eq!(s.trained, vec![1, 2]);
+        assert_eq!(s.kept, vec![1]);
+        assert_eq!(log.best_epoch, 1);
+        assert_eq!(log.stop_epoch, 2);
+        assert!(log.early_stopped);
+    }
+
+    #[test]
+    fn epoch_records_hold_perplexities_and_accuracy() {
+        let (_, log) = run(&[3.0, 2.0], 2, 1);
+        let e = &log.epochs[1];
+        assert_eq!(e.epoch, 2);
+        assert_eq!(e.train_loss, 1.0);
+        assert_eq!(e.train_ppl, 1.0f64.exp());
+        assert_eq!(e.val_loss, 2.0);
+        assert_eq!(e.val_ppl, 2.0f64.exp());
+        // 2 correct of 10 validation positions
+        assert!((e.val_acc - 0.2).abs() < 1e-15);
+    }
+
+    #[test]
+    fn a_non_finite_validation_loss_is_an_error_naming_stage_and_epoch() {
+        for bad in [f64::NAN, f64::INFINITY] {
+            let mut s = Script::new(&[3.0, 2.0, bad, 1.0]);
+            let err = run_epochs("Stage X", 4, 0, 10, &mut s, &mut |_| {})
+                .err()
+                .expect("divergence must be an error")
+                .to_string();
+            assert!(err.starts_with("Stage X diverged at epoch 3"), "{err}");
+            assert_eq!(s.trained, vec![1, 2, 3], "nothing runs after it");
+            assert_eq!(s.kept, vec![1, 2], "the diverged weights are not kept");
+        }
+    }
+}

@@ -11,7 +11,7 @@ use newllm::models::newllm::cache::{sequential_pass, train_cache};
 use newllm::models::newllm::model::Model;
 use newllm::models::newllm::phase1;
 use newllm::models::newllm::phase2::{self, Stream};
-use newllm::models::{check_split, CellPaths};
+use newllm::models::{check_split, CellPaths, ModelKind};
 use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -164,11 +164,16 @@ fn bad_weights_and_streams_are_clear_errors() {
         ..cfg.clone()
     };
     // k is New-LLM's own constraint: its cell refuses before training.
-    let paths = CellPaths::new(&std::env::temp_dir(), 1);
-    let err =
-        newllm::models::run_cell(&k, 1, &split(vec![1, 2, 3, 4, 5, 6], vec![1, 2, 3]), &paths)
-            .unwrap_err()
-            .to_string();
+    let paths = CellPaths::new(&std::env::temp_dir(), ModelKind::NewLlm, 1, 0);
+    let err = newllm::models::run_cell(
+        ModelKind::NewLlm,
+        &k,
+        1,
+        &split(vec![1, 2, 3, 4, 5, 6], vec![1, 2, 3]),
+        &paths,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("num_input_tokens = 5 is larger than the validation stream (3 tokens)"),
         "{err}"
@@ -183,11 +188,11 @@ fn a_diverging_run_names_stage_and_iteration_and_keeps_its_log() {
     cfg.phase1_max_iterations = 6;
     let err = format!(
         "{:#}",
-        run_cell(&cfg, 4, &dir, &dir.join("cache")).unwrap_err()
+        run_cell(ModelKind::NewLlm, &cfg, 4, &dir, &dir.join("cache")).unwrap_err()
     );
     assert!(err.contains("Phase 1 diverged at iteration"), "{err}");
     assert!(err.contains("log so far"), "{err}");
-    let log = std::fs::read_to_string(CellPaths::new(&dir, 4).log).unwrap();
+    let log = std::fs::read_to_string(CellPaths::new(&dir, ModelKind::NewLlm, 4, 0).log).unwrap();
     assert!(log.lines().count() >= 2, "log kept: {log}");
     assert!(log.lines().all(|l| l.contains("\"stage\":\"phase1\"")));
 }
@@ -281,8 +286,22 @@ fn separate_cell_runs_are_merged_by_report() {
 fn same_seed_and_threads_give_identical_results() {
     let dir = temp_dir("repro");
     let cfg = tiny(write_corpus(&dir, 6));
-    let a = run_cell(&cfg, 4, &dir.join("a"), &dir.join("cache")).unwrap();
-    let b = run_cell(&cfg, 4, &dir.join("b"), &dir.join("cache")).unwrap();
+    let a = run_cell(
+        ModelKind::NewLlm,
+        &cfg,
+        4,
+        &dir.join("a"),
+        &dir.join("cache"),
+    )
+    .unwrap();
+    let b = run_cell(
+        ModelKind::NewLlm,
+        &cfg,
+        4,
+        &dir.join("b"),
+        &dir.join("cache"),
+    )
+    .unwrap();
     assert_eq!(
         a.nl().phase1,
         b.nl()
@@ -326,7 +345,7 @@ fn a_cell_that_cannot_fit_in_memory_refuses_up_front() {
         phase2_batch_size: 1 << 36,
         ..tiny(write_corpus(&dir, 6))
     };
-    let err = run_cell(&cfg, 4, &dir, &dir.join("cache"))
+    let err = run_cell(ModelKind::NewLlm, &cfg, 4, &dir, &dir.join("cache"))
         .unwrap_err()
         .to_string();
     assert!(
@@ -334,7 +353,7 @@ fn a_cell_that_cannot_fit_in_memory_refuses_up_front() {
         "{err}"
     );
     assert!(
-        !CellPaths::new(&dir, 4).log.exists(),
+        !CellPaths::new(&dir, ModelKind::NewLlm, 4, 0).log.exists(),
         "refused before Phase 1 started"
     );
 }

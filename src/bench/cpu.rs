@@ -1,5 +1,6 @@
-//! The CPU bench: a Phase-2 step, a Phase-1 iteration in both modes and the
-//! sequential pass, each against the in-process GEMM peak or read bandwidth.
+//! The CPU bench: a Phase-2 step, a Phase-1 iteration in both modes, the
+//! sequential pass, a transformer-baseline training step and a Kneser-Ney
+//! cell, each against the in-process GEMM peak or read bandwidth.
 
 use super::common::{
     gemm_peak, phase1_input, phase1_stage_name, random_ids, read_bandwidth, stage, time_it,
@@ -7,11 +8,13 @@ use super::common::{
 };
 use crate::config::Config;
 use crate::memory::gib;
+use crate::models::kn::model::KneserNey;
 use crate::models::newllm::cache::sequential_pass;
 use crate::models::newllm::memory::predict_peak_bytes;
 use crate::models::newllm::model::Model;
 use crate::models::newllm::phase1::Phase1;
 use crate::models::newllm::phase2::{Phase2, Stream};
+use crate::models::transformer::{self, model::Transformer, train::Trainer};
 use crate::ops;
 use crate::rng::Rng;
 use anyhow::Result;
@@ -99,7 +102,77 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         ),
     ));
 
+    // Transformer baseline: one training step at the size rule's width on
+    // the same positions per batch (forward, backward, clip, Adam).
+    let dims = transformer::cell::dims_for(&cfg);
+    let mut tf = Transformer::new(dims, cfg.seed)?;
+    let wpb = (phase2_batch / dims.block_size).max(1);
+    let mut trainer = Trainer::new(
+        &tf,
+        wpb * dims.block_size,
+        cfg.phase2_learning_rate,
+        cfg.phase2_gradient_clip,
+    )?;
+    let tf_ids = random_ids(wpb * dims.block_size + 1, cfg.vocab_size, 9);
+    let mut step_result = Ok(());
+    let t = time_it(3, || {
+        if let Err(e) = trainer.train_step(
+            &mut tf,
+            &tf_ids[..wpb * dims.block_size],
+            &tf_ids[1..],
+            wpb,
+            dims.block_size,
+        ) {
+            step_result = Err(e);
+        }
+    });
+    step_result?;
+    stages.push(stage(
+        "transformer_step",
+        t,
+        peak,
+        format!(
+            "{} layers x d_model {}, {} heads, {wpb} windows x {}, {:.0} tokens/s",
+            dims.n_layer,
+            dims.d_model,
+            dims.n_head,
+            dims.block_size,
+            (wpb * dims.block_size) as f64 / t.0
+        ),
+    ));
+    drop((tf, trainer));
+
+    // Kneser-Ney: build and evaluate a cell of the seed's 500-sample size
+    // (529,173 / 58,797 tokens) on log-uniform ids (many distinct n-grams).
     let (n500, m500) = SEED_500_CELL_TOKENS;
+    let mut rng = Rng::new(10);
+    let mut zipf = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                ((cfg.vocab_size as f64).powf(rng.uniform()) as usize - 1).min(cfg.vocab_size - 1)
+                    as u32
+            })
+            .collect()
+    };
+    let (kn_train, kn_val) = (zipf(n500), zipf(m500));
+    let t0 = std::time::Instant::now();
+    let lm = KneserNey::train(&kn_train, cfg.kn_order, cfg.vocab_size)?;
+    let build = t0.elapsed().as_secs_f64();
+    let eval = lm.evaluate(&kn_val)?;
+    let kn_seconds = t0.elapsed().as_secs_f64();
+    stages.push(stage(
+        "kn_cell_529k",
+        (kn_seconds, 0),
+        peak,
+        format!(
+            "order {}: build {build:.2}s + evaluate {:.2}s of 529,173 / 58,797 tokens (val PPL {:.0} on random ids)",
+            cfg.kn_order,
+            kn_seconds - build,
+            eval.ppl()
+        ),
+    ));
+    drop(lm);
+
     let predicted = predict_peak_bytes(&model, n500, m500);
     eprintln!(
         "seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}",

@@ -1,27 +1,38 @@
 //! One cell of the experiment: load the first `samples` samples' split,
-//! check it, hand it to the model, and write the result atomically.
+//! check it, hand it to a model, and write the result atomically.
 
 use crate::cell_result::CellResult;
 use crate::config::Config;
-use crate::data::load_split;
+use crate::data::{load_split, Split};
 use crate::io::write_atomic;
-use crate::models::{self, check_split, CellPaths};
+use crate::models::{self, check_split, replicate_config, CellPaths, ModelKind};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
 
-/// Runs one cell on the first `samples` samples of the configured corpus.
-/// Prints progress lines; writes the log, checkpoint and result under `dir`.
-pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> Result<CellResult> {
-    crate::ops::set_threads(cfg.threads);
-    models::check_device(cfg)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let paths = CellPaths::new(dir, samples);
+/// The split of a cell with `samples` samples, checked against the config,
+/// and the seconds it took to load.
+pub fn load_cell_split(cfg: &Config, samples: usize, cache_dir: &Path) -> Result<(Split, f64)> {
     let t = Instant::now();
     let split = load_split(&cfg.corpus, samples, cfg.val_fraction, cache_dir)?;
     check_split(cfg, &split)?;
-    let load_seconds = t.elapsed().as_secs_f64();
-    let mut result = models::run_cell(cfg, samples, &split, &paths)?;
+    Ok((split, t.elapsed().as_secs_f64()))
+}
+
+/// Trains replicate `replicate` of `model` on a loaded split and writes its
+/// result to `dir`; `load_seconds` is added to the result's data stage.
+pub fn run_model_cell(
+    model: ModelKind,
+    cfg: &Config,
+    replicate: usize,
+    split: &Split,
+    dir: &Path,
+    load_seconds: f64,
+) -> Result<CellResult> {
+    let paths = CellPaths::new(dir, model, split.samples, replicate);
+    let run_cfg = replicate_config(cfg, replicate);
+    let mut result = models::run_cell(model, &run_cfg, split.samples, split, &paths)?;
+    result.replicate = replicate;
     result.seconds.add("data", load_seconds);
     result.seconds.add("total", load_seconds);
     write_atomic(
@@ -29,6 +40,23 @@ pub fn run_cell(cfg: &Config, samples: usize, dir: &Path, cache_dir: &Path) -> R
         serde_json::to_string_pretty(&result)?.as_bytes(),
     )?;
     Ok(result)
+}
+
+/// Runs replicate 0 of `model` on the first `samples` samples of the
+/// configured corpus (`newllm train`). Prints progress lines; writes the
+/// log, checkpoint and result under `dir`.
+pub fn run_cell(
+    model: ModelKind,
+    cfg: &Config,
+    samples: usize,
+    dir: &Path,
+    cache_dir: &Path,
+) -> Result<CellResult> {
+    crate::ops::set_threads(cfg.threads);
+    models::check_device(cfg)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (split, load_seconds) = load_cell_split(cfg, samples, cache_dir)?;
+    run_model_cell(model, cfg, 0, &split, dir, load_seconds)
 }
 
 /// One line per cell, like the seed's summary table (ER where the model has it).
@@ -40,8 +68,13 @@ pub fn summary_line(r: &CellResult) -> String {
             100.0 * n.val_er
         )
     });
+    let seed = if r.replicate > 0 {
+        format!(" (replicate {}, seed {})", r.replicate, r.config.seed)
+    } else {
+        String::new()
+    };
     format!(
-        "{} | samples {} | tokens {} | Val PPL {:.1} | Val Acc {:.1}%{er} | best epoch {}/{} | {:.1}s",
+        "{}{seed} | samples {} | tokens {} | Val PPL {:.1} | Val Acc {:.1}%{er} | best epoch {}/{} | {:.1}s",
         r.model,
         r.samples,
         r.train_tokens,

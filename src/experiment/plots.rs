@@ -7,7 +7,9 @@
 
 use crate::cell_result::CellResult;
 use crate::experiment::format::{short_number, thousands};
-use crate::experiment::results::SweepResults;
+use crate::experiment::results::{ModelResults, SweepResults};
+use crate::experiment::stats::ScalingFit;
+use crate::models::ModelKind;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -156,19 +158,51 @@ fn fitted_segment(a: f64, alpha: f64, x: &LogAxis, y: &LogAxis) -> Option<[(f64,
 }
 
 // ---------------------------------------------------------------------------
-// Scaling: Val PPL vs train tokens, log-log, one or more sweeps.
+// Scaling: Val PPL vs train tokens, log-log, one series per model or side.
 
-struct ScalingPlot<'a> {
-    title: String,
-    sides: Vec<(&'a str, &'a SweepResults)>,
+/// One line on the scaling plot: per-cell mean Val PPL with a +/- 1 sd bar
+/// over replicates, and the fit over all its runs.
+pub struct ScalingSeries {
+    pub label: String,
+    /// (train tokens, mean Val PPL, sd or 0, samples).
+    pub points: Vec<(f64, f64, f64, usize)>,
+    pub fit: Option<ScalingFit>,
 }
 
-impl Plot for ScalingPlot<'_> {
+impl ScalingSeries {
+    /// A model's series from its per-cell summaries.
+    pub fn of_model(label: &str, m: &ModelResults) -> ScalingSeries {
+        ScalingSeries {
+            label: label.to_string(),
+            points: m
+                .cells
+                .iter()
+                .filter_map(|c| {
+                    let p = c.val_ppl?;
+                    (c.train_tokens > 0 && p.mean.is_finite() && p.mean > 0.0).then_some((
+                        c.train_tokens as f64,
+                        p.mean,
+                        p.sd.unwrap_or(0.0),
+                        c.samples,
+                    ))
+                })
+                .collect(),
+            fit: m.scaling.clone(),
+        }
+    }
+}
+
+struct ScalingPlot {
+    title: String,
+    series: Vec<ScalingSeries>,
+}
+
+impl Plot for ScalingPlot {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         root.fill(&WHITE).map_err(plot_err)?;
-        let cells = || self.sides.iter().flat_map(|(_, r)| r.cells.iter());
-        let (x0, x1) = log_bounds(cells().map(|c| c.train_tokens as f64));
-        let (y0, y1) = log_bounds(cells().map(|c| c.val_ppl));
+        let points = || self.series.iter().flat_map(|s| s.points.iter());
+        let (x0, x1) = log_bounds(points().map(|p| p.0));
+        let (y0, y1) = log_bounds(points().flat_map(|p| [p.1 - p.2, p.1 + p.2, p.1]));
         let (xaxis, yaxis) = (LogAxis { lo: x0, hi: x1 }, LogAxis { lo: y0, hi: y1 });
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, (FAMILY, 22))
@@ -180,7 +214,7 @@ impl Plot for ScalingPlot<'_> {
         chart
             .configure_mesh()
             .x_desc("train tokens (log)")
-            .y_desc("best-epoch Val PPL (log)")
+            .y_desc("best-epoch Val PPL (log), mean +/- sd")
             // Few labels, so the dense 1..9 ticks only appear on short ranges.
             .x_labels(8)
             .y_labels(8)
@@ -189,32 +223,53 @@ impl Plot for ScalingPlot<'_> {
             .label_style((FAMILY, 14))
             .draw()
             .map_err(plot_err)?;
-        for (i, (name, results)) in self.sides.iter().enumerate() {
+        for (i, series) in self.series.iter().enumerate() {
             let color = SERIES_COLORS[i % SERIES_COLORS.len()];
-            let points: Vec<(f64, f64, usize)> = results
-                .cells
-                .iter()
-                .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
-                .map(|c| (c.train_tokens as f64, c.val_ppl, c.samples))
-                .collect();
-            let label = match &results.scaling {
+            let label = match &series.fit {
                 Some(fit) => match fit.r2 {
-                    Some(r2) => format!("{name}: alpha = {:.3}, R^2 = {r2:.3}", fit.alpha),
-                    None => format!("{name}: alpha = {:.3}", fit.alpha),
+                    Some(r2) => {
+                        format!("{}: alpha = {:.3}, R^2 = {r2:.3}", series.label, fit.alpha)
+                    }
+                    None => format!("{}: alpha = {:.3}", series.label, fit.alpha),
                 },
-                None => format!("{name}: no fit"),
+                None => format!("{}: no fit", series.label),
             };
+            // Error bars: +/- 1 sd over replicates (none for a single run).
             chart
-                .draw_series(points.iter().map(|&(x, y, samples)| {
+                .draw_series(
+                    series
+                        .points
+                        .iter()
+                        .filter(|p| p.2 > 0.0)
+                        .map(|&(x, y, sd, _)| {
+                            ErrorBar::new_vertical(
+                                x,
+                                (y - sd).max(y0),
+                                y,
+                                y + sd,
+                                color.stroke_width(2),
+                                8,
+                            )
+                        }),
+                )
+                .map_err(plot_err)?;
+            // Sample counts are written once, next to the first series.
+            chart
+                .draw_series(series.points.iter().map(|&(x, y, _, samples)| {
+                    let text = if i == 0 {
+                        format!("{samples}")
+                    } else {
+                        String::new()
+                    };
                     EmptyElement::at((x, y))
                         + Circle::new((0, 0), 5, color.filled())
-                        + Text::new(format!("{samples}"), (7, -18), (FAMILY, 14))
+                        + Text::new(text, (7, -18), (FAMILY, 14))
                 }))
                 .map_err(plot_err)?
                 .label(label)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
-            if let Some(segment) = results
-                .scaling
+            if let Some(segment) = series
+                .fit
                 .as_ref()
                 .and_then(|f| fitted_segment(f.a, f.alpha, &xaxis, &yaxis))
             {
@@ -311,10 +366,12 @@ impl Plot for ErPlot<'_> {
 }
 
 // ---------------------------------------------------------------------------
-// One cell's Phase-2 curves: train/val PPL (left), val accuracy (right).
+// One cell's Phase-2 curves, every replicate: train/val PPL (left), val
+// accuracy (right); replicate 0 solid, the others lighter.
 
 struct EpochPlot<'a> {
-    cell: &'a CellResult,
+    /// The replicates of one cell, replicate 0 first.
+    runs: Vec<&'a CellResult>,
 }
 
 impl Plot for EpochPlot<'_> {
@@ -324,21 +381,27 @@ impl Plot for EpochPlot<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         root.fill(&WHITE).map_err(plot_err)?;
-        let c = self.cell;
+        let c = self.runs[0];
+        let stops: Vec<String> = self
+            .runs
+            .iter()
+            .map(|r| format!("{}/{}", r.best_epoch, r.stop_epoch))
+            .collect();
         let title = format!(
-            "{} samples ({} train tokens): best epoch {}, stopped at {}{}",
+            "{} samples ({} train tokens): best/stop epoch {} ({} replicate{})",
             c.samples,
             thousands(c.train_tokens),
-            c.best_epoch,
-            c.stop_epoch,
-            if c.early_stopped { " (early stop)" } else { "" }
+            stops.join(", "),
+            self.runs.len(),
+            if self.runs.len() == 1 { "" } else { "s" }
         );
         let root = root.titled(&title, (FAMILY, 20)).map_err(plot_err)?;
         let (left, right) = root.split_horizontally(550);
-        let last = c.epochs.iter().map(|e| e.epoch).max().unwrap_or(1) as f64;
+        let epochs = || self.runs.iter().flat_map(|r| r.epochs.iter());
+        let last = epochs().map(|e| e.epoch).max().unwrap_or(1) as f64;
         let x_range = 0.5..last + 0.5;
 
-        let (y0, y1) = log_bounds(c.epochs.iter().flat_map(|e| [e.train_ppl, e.val_ppl]));
+        let (y0, y1) = log_bounds(epochs().flat_map(|e| [e.train_ppl, e.val_ppl]));
         let mut chart = ChartBuilder::on(&left)
             .margin(12)
             .x_label_area_size(40)
@@ -356,48 +419,55 @@ impl Plot for EpochPlot<'_> {
             .label_style((FAMILY, 14))
             .draw()
             .map_err(plot_err)?;
-        let curves: [(&str, Vec<(f64, f64)>); 2] = [
-            (
-                "train PPL",
-                c.epochs
-                    .iter()
-                    .map(|e| (e.epoch as f64, e.train_ppl))
-                    .collect(),
-            ),
-            (
-                "val PPL",
-                c.epochs
-                    .iter()
-                    .map(|e| (e.epoch as f64, e.val_ppl))
-                    .collect(),
-            ),
-        ];
-        for (k, (name, pts)) in curves.into_iter().enumerate() {
-            let color = SERIES_COLORS[k];
-            let pts: Vec<(f64, f64)> = pts
-                .into_iter()
-                .filter(|&(_, y)| y.is_finite() && y > 0.0)
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(plot_err)?;
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-                .map_err(plot_err)?
-                .label(name)
-                .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
-        }
-        // Ring the best epoch's val point: the one the summary table reports.
-        if let Some(best) = c.epochs.iter().find(|e| e.epoch == c.best_epoch) {
-            chart
-                .draw_series(std::iter::once(Circle::new(
-                    (best.epoch as f64, best.val_ppl),
-                    9,
-                    BLACK.stroke_width(2),
-                )))
-                .map_err(plot_err)?
-                .label("best epoch")
-                .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
+        for (ri, run) in self.runs.iter().enumerate() {
+            let curves: [(&str, Vec<(f64, f64)>); 2] = [
+                (
+                    "train PPL",
+                    run.epochs
+                        .iter()
+                        .map(|e| (e.epoch as f64, e.train_ppl))
+                        .collect(),
+                ),
+                (
+                    "val PPL",
+                    run.epochs
+                        .iter()
+                        .map(|e| (e.epoch as f64, e.val_ppl))
+                        .collect(),
+                ),
+            ];
+            for (k, (name, pts)) in curves.into_iter().enumerate() {
+                let color = SERIES_COLORS[k].mix(if ri == 0 { 1.0 } else { 0.4 });
+                let pts: Vec<(f64, f64)> = pts
+                    .into_iter()
+                    .filter(|&(_, y)| y.is_finite() && y > 0.0)
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(plot_err)?;
+                let series = chart
+                    .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                    .map_err(plot_err)?;
+                if ri == 0 {
+                    series
+                        .label(name)
+                        .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+                }
+            }
+            // Ring the best epoch's val point: the one the summary table reports.
+            if let Some(best) = run.epochs.iter().find(|e| e.epoch == run.best_epoch) {
+                let ring = chart
+                    .draw_series(std::iter::once(Circle::new(
+                        (best.epoch as f64, best.val_ppl),
+                        9,
+                        BLACK.stroke_width(2),
+                    )))
+                    .map_err(plot_err)?;
+                if ri == 0 {
+                    ring.label("best epoch")
+                        .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
+                }
+            }
         }
         chart
             .configure_series_labels()
@@ -408,7 +478,7 @@ impl Plot for EpochPlot<'_> {
             .draw()
             .map_err(plot_err)?;
 
-        let top = c.epochs.iter().map(|e| e.val_acc).fold(0.0f64, f64::max) * 100.0;
+        let top = epochs().map(|e| e.val_acc).fold(0.0f64, f64::max) * 100.0;
         let top = if top > 0.0 { top * 1.25 } else { 1.0 };
         let mut chart = ChartBuilder::on(&right)
             .margin(12)
@@ -426,18 +496,20 @@ impl Plot for EpochPlot<'_> {
             .label_style((FAMILY, 14))
             .draw()
             .map_err(plot_err)?;
-        let color = SERIES_COLORS[2];
-        let pts: Vec<(f64, f64)> = c
-            .epochs
-            .iter()
-            .map(|e| (e.epoch as f64, e.val_acc * 100.0))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(plot_err)?;
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-            .map_err(plot_err)?;
+        for (ri, run) in self.runs.iter().enumerate() {
+            let color = SERIES_COLORS[2].mix(if ri == 0 { 1.0 } else { 0.4 });
+            let pts: Vec<(f64, f64)> = run
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.val_acc * 100.0))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .map_err(plot_err)?;
+        }
         Ok(())
     }
 }
@@ -460,9 +532,17 @@ pub fn write_sweep_plots(plots_dir: &Path, results: &SweepResults) -> Result<Vec
     if results.cells.is_empty() {
         return Ok(files);
     }
+    let series = results
+        .models
+        .iter()
+        .map(|m| {
+            let label = ModelKind::from_name(&m.model).map_or(m.model.as_str(), |k| k.label());
+            ScalingSeries::of_model(label, m)
+        })
+        .collect();
     let scaling = ScalingPlot {
         title: "Val PPL vs train tokens (log-log)".into(),
-        sides: vec![("cells", results)],
+        series,
     };
     files.extend(render(&scaling, &plots_dir.join("scaling"))?);
     files.extend(render(
@@ -472,8 +552,14 @@ pub fn write_sweep_plots(plots_dir: &Path, results: &SweepResults) -> Result<Vec
         &plots_dir.join("effective_rank"),
     )?);
     for cell in results.cells.iter().filter(|c| !c.epochs.is_empty()) {
+        let runs: Vec<&CellResult> = results
+            .runs
+            .iter()
+            .filter(|r| r.model == cell.model && r.samples == cell.samples && !r.epochs.is_empty())
+            .collect();
+        let runs = if runs.is_empty() { vec![cell] } else { runs };
         files.extend(render(
-            &EpochPlot { cell },
+            &EpochPlot { runs },
             &plots_dir.join(epoch_plot_stem(cell)),
         )?);
     }
@@ -490,7 +576,16 @@ pub fn write_compare_plot(
         .map_err(|e| anyhow!("cannot create {}: {e}", plots_dir.display()))?;
     let plot = ScalingPlot {
         title: "Val PPL vs train tokens: compared settings".into(),
-        sides: sides.iter().map(|(name, r)| (name.as_str(), r)).collect(),
+        series: sides
+            .iter()
+            .filter_map(|(name, r)| {
+                let m = r
+                    .models
+                    .iter()
+                    .find(|m| m.model == ModelKind::NewLlm.name())?;
+                Some(ScalingSeries::of_model(name, m))
+            })
+            .collect(),
     };
     render(&plot, &plots_dir.join("compare_scaling"))
 }

@@ -3,18 +3,90 @@
 
 use crate::cell_result::CellResult;
 use crate::config::Config;
-use crate::experiment::stats::{correlation_pair, scaling_fit, CorrelationPair, ScalingFit};
+use crate::experiment::stats::{
+    alpha_difference_p, correlation_pair, scaling_fit, CorrelationPair, ScalingFit,
+};
+use crate::models::ModelKind;
 use serde::{Deserialize, Serialize};
 
-/// A whole sweep: the config, every cell (sorted by samples) and the
-/// analysis of ALGORITHM.md section 7. Built by `analyse`; written
-/// as `results.json` and read back by the report and compare commands.
+/// A mean with its sample standard deviation over replicates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanSd {
+    pub mean: f64,
+    /// Sample standard deviation (n - 1); None with a single value.
+    pub sd: Option<f64>,
+    pub n: usize,
+}
+
+impl MeanSd {
+    /// Over the finite values (None when there is none).
+    pub fn of(values: &[f64]) -> Option<MeanSd> {
+        let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = v.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let sd = (n >= 2)
+            .then(|| (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+        Some(MeanSd { mean, sd, n })
+    }
+}
+
+/// One model's figures at one sample count, over its replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellSummary {
+    pub samples: usize,
+    pub train_tokens: usize,
+    pub val_ppl: Option<MeanSd>,
+    pub val_acc: Option<MeanSd>,
+    /// New-LLM only.
+    pub train_er: Option<MeanSd>,
+    pub val_er: Option<MeanSd>,
+}
+
+/// One model across the sweep.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelResults {
+    /// "newllm", "kn" or "transformer".
+    pub model: String,
+    /// Where its runs ran ("cpu" or a GPU's name; several joined by "/").
+    pub ran_on: String,
+    /// Seeds per cell (1 for a deterministic model).
+    pub replicates: usize,
+    pub cells: Vec<CellSummary>,
+    /// ln PPL = ln A + alpha ln tokens over every run (all replicates).
+    pub scaling: Option<ScalingFit>,
+    /// Two-sided p-value of alpha equal to New-LLM's (None for New-LLM).
+    pub alpha_vs_newllm_p: Option<f64>,
+    /// Trainable parameters and those outside the embeddings and head, and
+    /// training GEMM FLOPs per token (from the largest cell's run).
+    pub trainable_params: u64,
+    pub non_embedding_params: u64,
+    pub train_flops_per_token: f64,
+}
+
+/// A whole sweep: the config, every run, and the analysis of ALGORITHM.md
+/// section 7 for New-LLM and each baseline. Built by `analyse`; written as
+/// `results.json` and read back by the report and compare commands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SweepResults {
     pub config: Config,
+    /// New-LLM, one per sample count: Val PPL / loss / acc and ER are the
+    /// replicate means; epochs, timings and the Phase-1 log are replicate
+    /// 0's. The seed-structured sections of the report read these.
     pub cells: Vec<CellResult>,
-    /// ln PPL = ln A + alpha ln tokens; None when fewer than 2 usable cells.
+    /// Every run of every model and replicate (sorted by model, samples,
+    /// replicate): the per-seed values.
+    #[serde(default)]
+    pub runs: Vec<CellResult>,
+    /// New-LLM first, then the baselines.
+    #[serde(default)]
+    pub models: Vec<ModelResults>,
+    /// New-LLM's fit over every run (all replicate points); None when fewer
+    /// than 2 usable points.
     pub scaling: Option<ScalingFit>,
+    /// Over New-LLM's per-cell means.
     #[serde(default)]
     pub correlations: Correlations,
 }
@@ -46,19 +118,34 @@ pub struct Correlations {
     pub log_tokens_vs_val_acc: CorrelationPair,
 }
 
-/// Sorts the cells by sample count and computes the scaling fit (train
-/// tokens vs best-epoch Val PPL) and the correlations.
-pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
-    let mut cells = cells.to_vec();
-    cells.sort_by_key(|c| (c.samples, c.train_tokens));
-    // A diverged cell (infinite or NaN PPL) is left out rather than voiding
-    // the whole analysis; the report states how many cells each figure used.
-    let fit_cells: Vec<&CellResult> = cells
-        .iter()
-        .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
-        .collect();
-    let tokens: Vec<f64> = fit_cells.iter().map(|c| c.train_tokens as f64).collect();
-    let ppl: Vec<f64> = fit_cells.iter().map(|c| c.val_ppl).collect();
+/// Sorts the runs, summarises each model per cell (mean +/- sd over
+/// replicates), fits every model's scaling law over all its runs, tests
+/// each baseline's alpha against New-LLM's, and correlates New-LLM's
+/// per-cell mean ER with its mean PPL and accuracy.
+pub fn analyse(config: &Config, runs: &[CellResult]) -> SweepResults {
+    let mut runs = runs.to_vec();
+    let order = |m: &str| ModelKind::from_name(m).map_or(usize::MAX, |k| k as usize);
+    runs.sort_by_key(|c| (order(&c.model), c.samples, c.train_tokens, c.replicate));
+    let mut models: Vec<ModelResults> = Vec::new();
+    for kind in [ModelKind::NewLlm, ModelKind::Kn, ModelKind::Transformer] {
+        let mine: Vec<&CellResult> = runs.iter().filter(|c| c.model == kind.name()).collect();
+        if !mine.is_empty() {
+            models.push(model_results(kind, &mine));
+        }
+    }
+    if let Some(base) = models.first().and_then(|m| m.scaling.clone()) {
+        for m in models.iter_mut().skip(1) {
+            m.alpha_vs_newllm_p = m
+                .scaling
+                .as_ref()
+                .and_then(|f| alpha_difference_p(f, &base));
+        }
+    }
+    let cells = newllm_mean_cells(&runs);
+    let scaling = models
+        .first()
+        .filter(|m| m.model == ModelKind::NewLlm.name())
+        .and_then(|m| m.scaling.clone());
     let column = |f: fn(&CellResult) -> f64| cells.iter().map(f).collect::<Vec<f64>>();
     let log_tokens = column(|c| (c.train_tokens as f64).max(1.0).ln());
     let (er, acc, all_ppl) = (
@@ -73,10 +160,98 @@ pub fn analyse(config: &Config, cells: &[CellResult]) -> SweepResults {
     };
     SweepResults {
         config: config.clone(),
-        scaling: scaling_fit(&tokens, &ppl),
-        correlations,
         cells,
+        runs,
+        models,
+        scaling,
+        correlations,
     }
+}
+
+/// One model's per-cell summaries and its fit over every run. A diverged
+/// run (infinite or NaN PPL) is left out rather than voiding the analysis;
+/// the report states how many points each figure used.
+fn model_results(kind: ModelKind, runs: &[&CellResult]) -> ModelResults {
+    let mut samples: Vec<usize> = runs.iter().map(|c| c.samples).collect();
+    samples.dedup();
+    let cells = samples
+        .iter()
+        .map(|&s| {
+            let here: Vec<&&CellResult> = runs.iter().filter(|c| c.samples == s).collect();
+            let col = |f: &dyn Fn(&CellResult) -> f64| {
+                MeanSd::of(&here.iter().map(|c| f(c)).collect::<Vec<f64>>())
+            };
+            let newllm = kind == ModelKind::NewLlm;
+            CellSummary {
+                samples: s,
+                train_tokens: here[0].train_tokens,
+                val_ppl: col(&|c| c.val_ppl),
+                val_acc: col(&|c| c.val_acc),
+                train_er: if newllm {
+                    col(&|c| c.nl().train_er)
+                } else {
+                    None
+                },
+                val_er: if newllm {
+                    col(&|c| c.nl().val_er)
+                } else {
+                    None
+                },
+            }
+        })
+        .collect();
+    let fit_runs: Vec<&&CellResult> = runs
+        .iter()
+        .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)
+        .collect();
+    let tokens: Vec<f64> = fit_runs.iter().map(|c| c.train_tokens as f64).collect();
+    let ppl: Vec<f64> = fit_runs.iter().map(|c| c.val_ppl).collect();
+    let mut ran_on: Vec<&str> = runs.iter().map(|c| c.ran_on.as_str()).collect();
+    ran_on.sort_unstable();
+    ran_on.dedup();
+    let largest = runs.iter().max_by_key(|c| c.train_tokens);
+    ModelResults {
+        model: kind.name().into(),
+        ran_on: ran_on.join("/"),
+        replicates: runs.iter().map(|c| c.replicate + 1).max().unwrap_or(0),
+        cells,
+        scaling: scaling_fit(&tokens, &ppl),
+        alpha_vs_newllm_p: None,
+        trainable_params: largest.map_or(0, |c| c.trainable_params),
+        non_embedding_params: largest.map_or(0, |c| c.non_embedding_params),
+        train_flops_per_token: largest.map_or(0.0, |c| c.train_flops_per_token),
+    }
+}
+
+/// New-LLM's per-cell view: replicate 0's run with Val PPL / loss / acc and
+/// ER replaced by the means over its replicates.
+fn newllm_mean_cells(runs: &[CellResult]) -> Vec<CellResult> {
+    let mine: Vec<&CellResult> = runs
+        .iter()
+        .filter(|c| c.model == ModelKind::NewLlm.name())
+        .collect();
+    let mut samples: Vec<usize> = mine.iter().map(|c| c.samples).collect();
+    samples.dedup();
+    samples
+        .iter()
+        .filter_map(|&s| {
+            let here: Vec<&&CellResult> = mine.iter().filter(|c| c.samples == s).collect();
+            let mean = |f: &dyn Fn(&CellResult) -> f64| {
+                here.iter().map(|c| f(c)).sum::<f64>() / here.len() as f64
+            };
+            let mut cell = (**here.iter().min_by_key(|c| c.replicate)?).clone();
+            cell.val_ppl = mean(&|c| c.val_ppl);
+            cell.val_loss = mean(&|c| c.val_loss);
+            cell.val_acc = mean(&|c| c.val_acc);
+            if let Some(n) = cell.newllm.as_mut() {
+                n.train_er = mean(&|c| c.nl().train_er);
+                n.val_er = mean(&|c| c.nl().val_er);
+                n.train_er_abs = mean(&|c| c.nl().train_er_abs);
+                n.val_er_abs = mean(&|c| c.nl().val_er_abs);
+            }
+            Some(cell)
+        })
+        .collect()
 }
 
 /// Correlations over the positions where both values are finite.

@@ -314,6 +314,85 @@ pub fn alpha_difference_p(a: &ScalingFit, b: &ScalingFit) -> Option<f64> {
     Some(student_t_two_sided_p((a.alpha - b.alpha) / se, dof))
 }
 
+/// A difference of means with its 95% confidence interval and the
+/// two-sided p-value for "no difference".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Difference {
+    /// mean(a) - mean(b).
+    pub diff: f64,
+    pub ci95: [f64; 2],
+    pub p_value: f64,
+    pub dof: f64,
+}
+
+fn t_difference(diff: f64, se: f64, dof: f64) -> Option<Difference> {
+    if dof.is_nan() || dof <= 0.0 || !diff.is_finite() || !se.is_finite() {
+        return None;
+    }
+    if se == 0.0 {
+        // Identical replicates: no spread to test against.
+        return None;
+    }
+    let q = student_t_quantile(0.975, dof);
+    Some(Difference {
+        diff,
+        ci95: [diff - q * se, diff + q * se],
+        p_value: student_t_two_sided_p(diff / se, dof),
+        dof,
+    })
+}
+
+fn mean_var(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var)
+}
+
+/// mean(a) - mean(b) for independent samples: Welch's t when both have at
+/// least 2 values; when one side is a single value (a deterministic model)
+/// it is taken as exact and the other side gets a one-sample t test. None
+/// when neither side has a spread to test with.
+pub fn mean_difference(a: &[f64], b: &[f64]) -> Option<Difference> {
+    if a.is_empty() || b.is_empty() || !a.iter().chain(b).all(|v| v.is_finite()) {
+        return None;
+    }
+    let ((ma, va), (mb, vb)) = (mean_var(a), mean_var(b));
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let diff = ma - mb;
+    match (a.len() >= 2, b.len() >= 2) {
+        (true, true) => {
+            let (sa, sb) = (va / na, vb / nb);
+            let se = (sa + sb).sqrt();
+            // Welch-Satterthwaite degrees of freedom.
+            let dof = (sa + sb).powi(2) / (sa * sa / (na - 1.0) + sb * sb / (nb - 1.0));
+            t_difference(diff, se, dof)
+        }
+        (true, false) => t_difference(diff, (va / na).sqrt(), na - 1.0),
+        (false, true) => t_difference(diff, (vb / nb).sqrt(), nb - 1.0),
+        (false, false) => None,
+    }
+}
+
+/// Mean of the paired differences a_i - b_i (same seed on both sides) with
+/// a paired t test; None with fewer than 2 pairs or no spread.
+pub fn paired_difference(a: &[f64], b: &[f64]) -> Option<Difference> {
+    if a.len() != b.len() || a.len() < 2 {
+        return None;
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    if !d.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    let (m, v) = mean_var(&d);
+    let n = d.len() as f64;
+    t_difference(m, (v / n).sqrt(), n - 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,5 +563,38 @@ mod tests {
         );
         assert_eq!(pearson(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
         assert_eq!(pearson(&[1.0, 2.0], &[3.0, 1.0]).unwrap().p_value, None);
+    }
+
+    #[test]
+    fn differences_of_means() {
+        // Welch by hand: variances 5/3 and 4, se = sqrt(5/12 + 4/3) =
+        // sqrt(1.75), t = -1.88982, dof = 1.75^2 / ((5/12)^2/3 + (4/3)^2/2)
+        // = 3.23472; p = 0.148471 (numerical integration of the t density).
+        let d = mean_difference(&[1.0, 2.0, 3.0, 4.0], &[3.0, 5.0, 7.0]).unwrap();
+        assert!(close(d.diff, -2.5, 1e-12));
+        assert!(close(d.dof, 3.234_718_826_405_868, 1e-12), "{}", d.dof);
+        assert!(close(d.p_value, 0.148_471_347, 1e-7), "{}", d.p_value);
+        assert!(d.ci95[0] < -2.5 && d.ci95[1] > 0.0);
+        // One exact side: a one-sample t test of [10, 12] against 9:
+        // t = 2 / 1 = 2 with 1 dof -> p = 1 - (2/pi) atan 2.
+        let e = mean_difference(&[10.0, 12.0], &[9.0]).unwrap();
+        assert!(close(e.diff, 2.0, 1e-12) && close(e.dof, 1.0, 0.0));
+        assert!(
+            close(e.p_value, 0.295_167_235_300_866_6, 1e-9),
+            "{}",
+            e.p_value
+        );
+        assert_eq!(mean_difference(&[1.0], &[2.0]), None);
+        assert_eq!(mean_difference(&[1.0, 1.0], &[2.0]), None);
+        // Paired: differences 1, 2, 3 -> mean 2, se 1/sqrt(3), 2 dof:
+        // t = sqrt(12), p = 1 - sqrt(12/14) (the 2-dof closed form).
+        let p = paired_difference(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!(close(p.diff, 2.0, 1e-12));
+        assert!(
+            close(p.p_value, 1.0 - (12.0f64 / 14.0).sqrt(), 1e-12),
+            "{}",
+            p.p_value
+        );
+        assert_eq!(paired_difference(&[1.0], &[2.0]), None);
     }
 }

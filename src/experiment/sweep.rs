@@ -4,13 +4,13 @@
 //! run as separate processes (`--cell INDEX`) into one shared directory, and
 //! `report` merges whatever is there. A directory belongs to one config.
 
-use super::cell::{run_cell, summary_line};
+use super::cell::{load_cell_split, run_model_cell, summary_line};
 use super::report::{write_compare_report, write_report};
 use super::results::{analyse, SweepResults};
 use crate::cell_result::CellResult;
 use crate::config::Config;
 use crate::io::write_atomic;
-use crate::models::CellPaths;
+use crate::models::{self, replicate_config, CellPaths, ModelKind};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -59,21 +59,51 @@ fn claim_dir(dir: &Path, cfg: &Config) -> Result<()> {
     write_atomic(&path, serde_json::to_string_pretty(cfg)?.as_bytes())
 }
 
-/// A finished cell of this config, if `dir` has one.
-fn finished_cell(dir: &Path, cfg: &Config, samples: usize) -> Option<CellResult> {
-    let text = std::fs::read_to_string(CellPaths::new(dir, samples).result).ok()?;
-    let r: CellResult = serde_json::from_str(&text).ok()?;
-    (experiment_identity(&r.config) == experiment_identity(cfg)).then_some(r)
+/// A finished cell of `model`'s replicate under this config, if `dir` has one.
+fn finished_cell(
+    dir: &Path,
+    cfg: &Config,
+    model: ModelKind,
+    samples: usize,
+    replicate: usize,
+) -> Option<CellResult> {
+    let path = CellPaths::new(dir, model, samples, replicate).result;
+    let text = std::fs::read_to_string(&path).ok()?;
+    let r: CellResult = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "{} is not a readable cell result ({e}); the cell will be run again",
+                path.display()
+            );
+            return None;
+        }
+    };
+    let want = replicate_config(cfg, replicate);
+    (r.model == model.name() && experiment_identity(&r.config) == experiment_identity(&want))
+        .then_some(r)
 }
 
-/// Runs the sweep's cells (all, or only `only_cell`), skipping finished ones;
-/// when every cell is present, writes results.json and the report.
+/// Every (model, replicate) a cell of `cfg` trains, New-LLM first.
+fn cell_jobs(cfg: &Config) -> Vec<(ModelKind, usize)> {
+    ModelKind::for_config(cfg)
+        .into_iter()
+        .flat_map(|m| m.replicates(cfg).map(move |r| (m, r)))
+        .collect()
+}
+
+/// Runs the sweep's cells (all, or only `only_cell`): every model and
+/// replicate of each, skipping finished ones; when every cell is present,
+/// writes results.json and the report.
 pub fn run_sweep(
     cfg: &Config,
     dir: &Path,
     cache_dir: &Path,
     only_cell: Option<usize>,
 ) -> Result<Option<SweepResults>> {
+    crate::ops::set_threads(cfg.threads);
+    // Fails before anything is written when the device cannot run here.
+    models::check_device(cfg)?;
     claim_dir(dir, cfg)?;
     let indices: Vec<usize> = match only_cell {
         Some(i) if i >= cfg.sample_counts.len() => {
@@ -86,33 +116,49 @@ pub fn run_sweep(
         Some(i) => vec![i],
         None => (0..cfg.sample_counts.len()).collect(),
     };
+    let jobs = cell_jobs(cfg);
     for i in indices {
         let samples = cfg.sample_counts[i];
-        if let Some(r) = finished_cell(dir, cfg, samples) {
-            eprintln!(
-                "cell {i} ({samples} samples) already finished, skipping: {}",
-                summary_line(&r)
-            );
+        let todo: Vec<(ModelKind, usize)> = jobs
+            .iter()
+            .copied()
+            .filter(|&(m, r)| match finished_cell(dir, cfg, m, samples, r) {
+                Some(done) => {
+                    eprintln!("cell {i} already has: {}", summary_line(&done));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if todo.is_empty() {
             continue;
         }
         eprintln!("== cell {i}: {samples} samples");
-        let r = run_cell(cfg, samples, dir, cache_dir).with_context(|| {
+        let failed = |what: String| {
             format!(
-                "cell {i} ({samples} samples) failed; finished cells are kept in {}",
+                "cell {i} ({samples} samples, {what}) failed; finished cells are kept in {}",
                 dir.display()
             )
-        })?;
-        eprintln!("{}", summary_line(&r));
+        };
+        let (split, load_seconds) =
+            load_cell_split(cfg, samples, cache_dir).with_context(|| failed("data".into()))?;
+        for (model, r) in todo {
+            let res = run_model_cell(model, cfg, r, &split, dir, load_seconds)
+                .with_context(|| failed(format!("{} replicate {r}", model.name())))?;
+            eprintln!("{}", summary_line(&res));
+        }
     }
-    let missing: Vec<usize> = cfg
+    let missing: Vec<String> = cfg
         .sample_counts
         .iter()
-        .copied()
-        .filter(|&s| finished_cell(dir, cfg, s).is_none())
+        .flat_map(|&s| jobs.iter().map(move |&(m, r)| (s, m, r)))
+        .filter(|&(s, m, r)| finished_cell(dir, cfg, m, s, r).is_none())
+        .map(|(s, m, r)| format!("{} {s} samples replicate {r}", m.name()))
         .collect();
     if !missing.is_empty() {
         eprintln!(
-            "cells still to run: samples {missing:?}; `newllm report {}` merges what is there",
+            "still to run: {}; `newllm report {}` merges what is there",
+            missing.join(", "),
             dir.display()
         );
         return Ok(None);
@@ -131,20 +177,19 @@ pub fn report_dir(dir: &Path) -> Result<SweepResults> {
     })?;
     let cfg: Config = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a newllm config", path.display()))?;
+    let jobs = cell_jobs(&cfg);
     let cells: Vec<CellResult> = cfg
         .sample_counts
         .iter()
-        .filter_map(|&s| finished_cell(dir, &cfg, s))
+        .flat_map(|&s| jobs.iter().map(move |&(m, r)| (s, m, r)))
+        .filter_map(|(s, m, r)| finished_cell(dir, &cfg, m, s, r))
         .collect();
-    if cells.is_empty() {
-        bail!("{} has no finished cells yet", dir.display());
+    if !cells.iter().any(|c| c.model == ModelKind::NewLlm.name()) {
+        bail!("{} has no finished New-LLM cells yet", dir.display());
     }
-    if cells.len() < cfg.sample_counts.len() {
-        eprintln!(
-            "report covers {} of {} cells",
-            cells.len(),
-            cfg.sample_counts.len()
-        );
+    let expected = cfg.sample_counts.len() * jobs.len();
+    if cells.len() < expected {
+        eprintln!("report covers {} of {expected} runs", cells.len());
     }
     let results = analyse(&cfg, &cells);
     write_atomic(
@@ -178,8 +223,9 @@ pub fn vary_sides(base: &Config, vary: &str) -> Result<Vec<(String, Config)>> {
         .collect()
 }
 
-/// Runs the same cells under each side's config (same data, same seeds) in
-/// `dir/<label>/`, then writes one side-by-side report `dir/compare.md`.
+/// Runs the same cells under each side's config (same data, same seeds,
+/// New-LLM only) in `dir/<label>/`, then writes one side-by-side report
+/// `dir/compare.md`, pairing the sides' runs by seed.
 pub fn run_compare(
     sides: &[(String, Config)],
     dir: &Path,
@@ -189,11 +235,183 @@ pub fn run_compare(
     for (label, cfg) in sides {
         let sub: PathBuf = dir.join(label.replace(['/', ' '], "_"));
         eprintln!("==== side {label}");
-        match run_sweep(cfg, &sub, cache_dir, None)? {
+        // A comparison contrasts New-LLM settings: the baselines would be
+        // the same on every side, so they are left to `sweep`.
+        let cfg = Config {
+            baselines: Vec::new(),
+            ..cfg.clone()
+        };
+        match run_sweep(&cfg, &sub, cache_dir, None)? {
             Some(r) => done.push((label.clone(), r)),
             None => bail!("side {label} did not finish all cells"),
         }
     }
     write_compare_report(dir, &done)?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("newllm-sweep-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+
+    fn cfg() -> Config {
+        Config {
+            sample_counts: vec![4, 8],
+            threads: 2,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn claim_dir_writes_the_config_then_accepts_only_the_same_experiment() {
+        let d = scratch("claim");
+        let dir = d.0.join("out");
+        claim_dir(&dir, &cfg()).unwrap();
+        let saved: Config =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(saved, cfg());
+        // another process with other threads / device runs the same experiment
+        let other_runtime = Config {
+            threads: 7,
+            device: "cuda".into(),
+            ..cfg()
+        };
+        claim_dir(&dir, &other_runtime).unwrap();
+        let again: Config =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(again, cfg(), "an accepted claim keeps the first config");
+        // a result-changing field differs: refused, naming that field only
+        let other = Config {
+            dist_reg_weight: 0.5,
+            threads: 7,
+            ..cfg()
+        };
+        let err = claim_dir(&dir, &other).unwrap_err().to_string();
+        assert!(err.contains("different config"), "{err}");
+        assert!(
+            err.contains("(dist_reg_weight: 0.8 there, 0.5 now)"),
+            "{err}"
+        );
+        assert!(!err.contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn claim_dir_refuses_a_foreign_config_file() {
+        let d = scratch("foreign");
+        std::fs::create_dir_all(&d.0).unwrap();
+        std::fs::write(d.0.join("config.json"), "{\"no_such_field\": 1}").unwrap();
+        let err = format!("{:#}", claim_dir(&d.0, &cfg()).unwrap_err());
+        assert!(err.contains("is not a newllm config"), "{err}");
+    }
+
+    #[test]
+    fn finished_cell_only_counts_results_of_the_same_experiment() {
+        let d = scratch("finished");
+        std::fs::create_dir_all(&d.0).unwrap();
+        let write = |config: Config| {
+            let r = CellResult {
+                samples: 4,
+                val_ppl: 12.5,
+                config,
+                ..CellResult::default()
+            };
+            let path = CellPaths::new(&d.0, ModelKind::NewLlm, 4, 0).result;
+            std::fs::write(path, serde_json::to_string(&r).unwrap()).unwrap();
+        };
+        assert!(
+            finished_cell(&d.0, &cfg(), ModelKind::NewLlm, 4, 0).is_none(),
+            "nothing there yet"
+        );
+        write(Config {
+            threads: 1,
+            ..cfg()
+        });
+        assert_eq!(
+            finished_cell(&d.0, &cfg(), ModelKind::NewLlm, 4, 0)
+                .unwrap()
+                .val_ppl,
+            12.5
+        );
+        assert!(finished_cell(&d.0, &cfg(), ModelKind::NewLlm, 8, 0).is_none());
+        write(Config {
+            phase2_patience: 3,
+            ..cfg()
+        });
+        assert!(finished_cell(&d.0, &cfg(), ModelKind::NewLlm, 4, 0).is_none());
+        std::fs::write(
+            CellPaths::new(&d.0, ModelKind::NewLlm, 4, 0).result,
+            "{ half a fi",
+        )
+        .unwrap();
+        assert!(finished_cell(&d.0, &cfg(), ModelKind::NewLlm, 4, 0).is_none());
+    }
+
+    #[test]
+    fn a_cell_index_out_of_range_is_refused_with_the_valid_range() {
+        let d = scratch("range");
+        let err = run_sweep(&cfg(), &d.0, &d.0.join("cache"), Some(2))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--cell 2 is out of range: the sweep has 2 cells (0..1)"
+        );
+    }
+
+    #[test]
+    fn vary_sides_builds_one_config_per_value() {
+        let sides = vary_sides(&cfg(), "phase2_patience=1, 3,").unwrap();
+        let labels: Vec<&str> = sides.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, vec!["phase2_patience=1", "phase2_patience=3"]);
+        assert_eq!(sides[0].1.phase2_patience, 1);
+        assert_eq!(
+            sides[1].1,
+            Config {
+                phase2_patience: 3,
+                ..cfg()
+            }
+        );
+        let sides = vary_sides(&cfg(), "token_input_all_layers=true,false").unwrap();
+        assert!(sides[0].1.token_input_all_layers && !sides[1].1.token_input_all_layers);
+    }
+
+    #[test]
+    fn vary_sides_errors_are_clear() {
+        let err = vary_sides(&cfg(), "phase2_patience=3")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--vary \"phase2_patience=3\": give at least two values, e.g. phase2_patience=true,false"
+        );
+        let err = vary_sides(&cfg(), "phase2_patience")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--vary \"phase2_patience\": expected key=v1,v2");
+        let err = vary_sides(&cfg(), "no_such=1,2").unwrap_err().to_string();
+        assert!(err.contains("unknown config field \"no_such\""), "{err}");
+        let err = vary_sides(&cfg(), "phase2_batch_size=8,0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("phase2_batch_size must be at least 1"),
+            "{err}"
+        );
+    }
 }

@@ -3,7 +3,9 @@
 //! given train/validation split and returns a `CellResult`; the experiment
 //! code (sweep, results, statistics, plots, report) sees nothing else.
 
+pub mod kn;
 pub mod newllm;
+pub mod transformer;
 
 use crate::cell_result::CellResult;
 use crate::config::Config;
@@ -11,7 +13,70 @@ use crate::data::Split;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-/// Where a cell writes: `DIR/cell-<samples>.{log.jsonl,safetensors,json}`.
+/// A model the experiment can train on a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    NewLlm,
+    /// Interpolated modified Kneser-Ney n-gram (`kn/`).
+    Kn,
+    /// GPT-2-style decoder (`transformer/`).
+    Transformer,
+}
+
+impl ModelKind {
+    /// The name results and configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::NewLlm => "newllm",
+            ModelKind::Kn => "kn",
+            ModelKind::Transformer => "transformer",
+        }
+    }
+
+    /// The name a report shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            ModelKind::NewLlm => "New-LLM",
+            ModelKind::Kn => "Kneser-Ney",
+            ModelKind::Transformer => "Transformer",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ModelKind> {
+        [ModelKind::NewLlm, ModelKind::Kn, ModelKind::Transformer]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    /// Whether a run depends on the seed (a deterministic model runs once
+    /// per cell, whatever `replicates` says).
+    pub fn seeded(self) -> bool {
+        self != ModelKind::Kn
+    }
+
+    /// The models a config trains on every cell: New-LLM, then its baselines.
+    pub fn for_config(cfg: &Config) -> Vec<ModelKind> {
+        std::iter::once(ModelKind::NewLlm)
+            .chain(cfg.baselines.iter().filter_map(|b| ModelKind::from_name(b)))
+            .collect()
+    }
+
+    /// Replicate indices this model runs under `cfg`.
+    pub fn replicates(self, cfg: &Config) -> std::ops::Range<usize> {
+        0..if self.seeded() { cfg.replicates } else { 1 }
+    }
+}
+
+/// The config replicate `r` of a seeded model runs with: seed + r.
+pub fn replicate_config(cfg: &Config, replicate: usize) -> Config {
+    Config {
+        seed: cfg.seed + replicate as u64,
+        ..cfg.clone()
+    }
+}
+
+/// Where a cell writes: `DIR/[MODEL-]cell-<samples>[-r<replicate>].{log.jsonl,
+/// safetensors,json}` (New-LLM's replicate 0 keeps the plain `cell-<samples>`).
 pub struct CellPaths {
     pub log: PathBuf,
     pub checkpoint: PathBuf,
@@ -19,11 +84,21 @@ pub struct CellPaths {
 }
 
 impl CellPaths {
-    pub fn new(dir: &Path, samples: usize) -> CellPaths {
+    pub fn new(dir: &Path, model: ModelKind, samples: usize, replicate: usize) -> CellPaths {
+        let prefix = match model {
+            ModelKind::NewLlm => String::new(),
+            other => format!("{}-", other.name()),
+        };
+        let suffix = if replicate == 0 {
+            String::new()
+        } else {
+            format!("-r{replicate}")
+        };
+        let stem = format!("{prefix}cell-{samples}{suffix}");
         CellPaths {
-            log: dir.join(format!("cell-{samples}.log.jsonl")),
-            checkpoint: dir.join(format!("cell-{samples}.safetensors")),
-            result: dir.join(format!("cell-{samples}.json")),
+            log: dir.join(format!("{stem}.log.jsonl")),
+            checkpoint: dir.join(format!("{stem}.safetensors")),
+            result: dir.join(format!("{stem}.json")),
         }
     }
 }
@@ -54,13 +129,19 @@ pub fn check_device(cfg: &Config) -> Result<()> {
     newllm::engine::for_config(cfg).map(drop)
 }
 
-/// Trains and evaluates the configured model on one cell's split; its log
-/// and checkpoint go to `paths` (the caller writes the result).
+/// Trains and evaluates `model` on one cell's split (with the replicate's
+/// config); its log and checkpoint go to `paths` (the caller writes the
+/// result).
 pub fn run_cell(
+    model: ModelKind,
     cfg: &Config,
     samples: usize,
     split: &Split,
     paths: &CellPaths,
 ) -> Result<CellResult> {
-    newllm::cell::run(cfg, samples, split, paths)
+    match model {
+        ModelKind::NewLlm => newllm::cell::run(cfg, samples, split, paths),
+        ModelKind::Kn => kn::cell::run(cfg, samples, split),
+        ModelKind::Transformer => transformer::cell::run(cfg, samples, split, paths),
+    }
 }

@@ -2,10 +2,10 @@
 //! per-cell differences and whether the scaling exponents differ.
 
 use super::wording::{alpha_sentence, p_phrase, verdict};
-use crate::experiment::format::{change_pct, now_utc, pct, thousands};
+use crate::experiment::format::{change_pct, fmt_p, now_utc, pct, thousands};
 use crate::experiment::plots;
 use crate::experiment::results::SweepResults;
-use crate::experiment::stats::alpha_difference_p;
+use crate::experiment::stats::{alpha_difference_p, paired_difference, Difference, SIGNIFICANCE};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -30,6 +30,77 @@ pub fn differing_fields(sides: &[(String, SweepResults)]) -> Vec<(String, Vec<St
         }
     }
     out
+}
+
+/// Per cell, each side against the first, paired by seed (replicate r of
+/// both sides ran with the same seed on the same split): the mean paired
+/// difference of Val PPL and Val Acc with a 95% CI and the paired t test.
+fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String {
+    let mut md = String::from("## Paired by seed\n\n");
+    let Some((_, base)) = sides.first() else {
+        return md;
+    };
+    let runs = |r: &SweepResults, s: usize| -> Vec<(u64, f64, f64)> {
+        r.runs
+            .iter()
+            .filter(|c| c.model == "newllm" && c.samples == s)
+            .map(|c| (c.config.seed, c.val_ppl, c.val_acc))
+            .collect()
+    };
+    md += "Each row pairs the runs of both sides that used the same seed; a difference is claimed only when its 95% CI excludes zero.\n\n";
+    md += "| Cell | Pairs | Val PPL difference (95% CI) | p | Val Acc difference, points (95% CI) | p | Verdict |\n|---|---|---|---|---|---|---|\n";
+    let mut any = false;
+    for (i, (_, r)) in sides.iter().enumerate().skip(1) {
+        for c in &base.cells {
+            let (a, b) = (runs(r, c.samples), runs(base, c.samples));
+            // (side PPL, base PPL, side Acc, base Acc) of each shared seed.
+            let pairs: Vec<[f64; 4]> = a
+                .iter()
+                .filter_map(|&(seed, p, acc)| {
+                    b.iter()
+                        .find(|x| x.0 == seed)
+                        .map(|&(_, bp, bacc)| [p, bp, acc, bacc])
+                })
+                .collect();
+            let col = |i: usize| -> Vec<f64> { pairs.iter().map(|x| x[i]).collect() };
+            let ppl = paired_difference(&col(0), &col(1));
+            let acc = paired_difference(&col(2), &col(3));
+            let show = |d: &Option<Difference>, scale: f64| match d {
+                Some(d) => (
+                    format!(
+                        "{:+.1} ({:+.1} to {:+.1})",
+                        d.diff * scale,
+                        d.ci95[0] * scale,
+                        d.ci95[1] * scale
+                    ),
+                    fmt_p(d.p_value),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let ((pd, pp), (ad, ap)) = (show(&ppl, 1.0), show(&acc, 100.0));
+            let (l, b0) = (&labels[i], &labels[0]);
+            let verdict = match ppl {
+                Some(d) if d.p_value < SIGNIFICANCE && d.diff < 0.0 => {
+                    format!("{l} beats {b0} (lower PPL)")
+                }
+                Some(d) if d.p_value < SIGNIFICANCE => format!("{b0} beats {l} (lower PPL)"),
+                Some(_) => "no difference beyond seed noise".to_string(),
+                None if pairs.len() < 2 => "untestable: needs 2+ seeds (`replicates`)".to_string(),
+                None => "untestable: identical pairs".to_string(),
+            };
+            any = true;
+            md += &format!(
+                "| {l} vs {b0}, {} samples | {} | {pd} | {pp} | {ad} | {ap} | {verdict} |\n",
+                c.samples,
+                pairs.len()
+            );
+        }
+    }
+    if !any {
+        md += "(no shared cells)\n";
+    }
+    md += "\n";
+    md
 }
 
 /// The compare report text (no files touched).
@@ -132,6 +203,8 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
         md += "\n";
     }
     md += "\n";
+
+    md += &paired_section(sides, &labels);
 
     md += "## Scaling per side\n\n";
     for (name, r) in sides {

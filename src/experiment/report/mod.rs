@@ -3,6 +3,7 @@
 //! diagnostics they draw on (`diagnostics.rs`) and the shared sentences
 //! (`wording.rs`).
 
+pub mod baselines;
 pub mod compare;
 pub mod diagnostics;
 pub mod sweep;

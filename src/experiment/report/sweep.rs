@@ -3,15 +3,20 @@
 //! computed here, and each recommendation is made only when its evidence is
 //! present.
 
+use super::baselines::{mean_sd, section_baselines};
 use super::diagnostics::{diagnose, Diagnostics, EARLY_STOP_EPOCH, FAST_FIT_RATIO, NEAR_BEST};
-use super::wording::{alpha_sentence, corr_phrase, correlation_sentence, p_phrase, verdict};
+use super::wording::{
+    alpha_sentence, corr_phrase, correlation_sentence, er_caveat, p_phrase, verdict,
+};
 use crate::cell_result::CellResult;
 use crate::experiment::format::{
     change_pct, compare_command, now_utc, pct, serde_plain, short_number, sweep_command, thousands,
 };
 use crate::experiment::plots;
-use crate::experiment::results::SweepResults;
-use crate::experiment::stats::{correlation_significant, critical_r, SIGNIFICANCE};
+use crate::experiment::results::{MeanSd, SweepResults};
+use crate::experiment::stats::{
+    correlation_significant, critical_r, mean_difference, SIGNIFICANCE,
+};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -103,15 +108,22 @@ pub fn section_conditions(md: &mut String, r: &SweepResults) {
 
 pub fn section_summary(md: &mut String, r: &SweepResults) {
     *md += "## Results summary\n\n";
+    let reps = r.models.first().map_or(1, |m| m.replicates);
+    if reps > 1 {
+        *md += &format!("New-LLM, mean ± sd over {reps} seeds per cell (the per-seed values are in `results.json`).\n\n");
+    }
     *md += "| Samples | Tokens | Val PPL | Val Acc | Val ER |\n|---------|--------|---------|---------|--------|\n";
+    let newllm = r.models.iter().find(|m| m.model == "newllm");
     for c in &r.cells {
+        let sum = newllm.and_then(|m| m.cells.iter().find(|x| x.samples == c.samples));
+        let one = |v: f64| MeanSd::of(&[v]);
         *md += &format!(
-            "| {} | {} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             c.samples,
             thousands(c.train_tokens),
-            c.val_ppl,
-            pct(c.val_acc),
-            pct(c.nl().val_er)
+            mean_sd(sum.map_or(one(c.val_ppl), |x| x.val_ppl), 1.0, 1),
+            mean_sd(sum.map_or(one(c.val_acc), |x| x.val_acc), 100.0, 1) + "%",
+            mean_sd(sum.map_or(one(c.nl().val_er), |x| x.val_er), 100.0, 1) + "%"
         );
     }
     *md += "\n";
@@ -123,9 +135,13 @@ pub fn section_summary(md: &mut String, r: &SweepResults) {
                 *md += &format!(", standard error of alpha {se:.4}");
             }
             *md += ".";
-            let left_out = r.cells.len().saturating_sub(fit.n);
+            let runs = r.runs.iter().filter(|c| c.model == "newllm").count().max(r.cells.len());
+            if runs > r.cells.len() {
+                *md += &format!(" The fit uses every run: {} cells x {} seeds.", r.cells.len(), runs / r.cells.len().max(1));
+            }
+            let left_out = runs.saturating_sub(fit.n);
             if left_out > 0 {
-                *md += &format!(" {left_out} cell(s) without a finite, positive Val PPL are left out of the fit.");
+                *md += &format!(" {left_out} run(s) without a finite, positive Val PPL are left out of the fit.");
             }
             if let Some([lo, hi]) = fit.bootstrap_ci95 {
                 *md += &format!(
@@ -172,9 +188,32 @@ pub fn section_er(md: &mut String, r: &SweepResults) {
     }
     let mean_abs = r.cells.iter().map(|c| c.nl().val_er_abs).sum::<f64>() / r.cells.len() as f64;
     *md += &format!(
-        "\nOn average about {:.0} of the {} context dimensions are effectively used on validation.\n\n![effective rank](plots/effective_rank.png)\n\n",
-        mean_abs, r.config.context_dim
+        "\nOn average about {:.0} of the {} context dimensions are effectively used on validation{}.\n\n",
+        mean_abs,
+        r.config.context_dim,
+        er_caveat(&r.config)
     );
+    if let Some(spread) = er_seed_spread(r) {
+        *md += &format!(
+            "Between seeds of the same cell val ER varies by {:.1} points (sd, averaged over cells), against a range of {:.1} points across cells.\n\n",
+            spread * 100.0,
+            (vhi - vlo) * 100.0
+        );
+    }
+    *md += "![effective rank](plots/effective_rank.png)\n\n";
+}
+
+/// Mean over cells of New-LLM's between-seed sd of val ER (None without replicates).
+fn er_seed_spread(r: &SweepResults) -> Option<f64> {
+    let sds: Vec<f64> = r
+        .models
+        .iter()
+        .find(|m| m.model == "newllm")?
+        .cells
+        .iter()
+        .filter_map(|c| c.val_er.and_then(|v| v.sd))
+        .collect();
+    (!sds.is_empty()).then(|| sds.iter().sum::<f64>() / sds.len() as f64)
 }
 
 pub fn section_tokens(md: &mut String, r: &SweepResults) {
@@ -261,14 +300,26 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
         None => *md += "- No scaling fit (too few usable cells).\n",
     }
     *md += "\nEffective Rank vs performance:\n\n";
+    let caveat = er_caveat(&r.config);
+    let per_cell = if r.runs.len() > r.cells.len() {
+        " (over the cells' seed means)"
+    } else {
+        ""
+    };
     *md += &format!(
-        "- {}\n",
+        "- {}{per_cell}{caveat}\n",
         correlation_sentence("Val ER vs Val PPL", &r.correlations.val_er_vs_val_ppl)
     );
     *md += &format!(
-        "- {}\n",
+        "- {}{per_cell}{caveat}\n",
         correlation_sentence("Val ER vs Val Acc", &r.correlations.val_er_vs_val_acc)
     );
+    if let Some(spread) = er_seed_spread(r) {
+        *md += &format!(
+            "- Seed spread: val ER moves {:.1} points between seeds of one cell; a relation built on ER differences smaller than that is not evidence.\n",
+            spread * 100.0
+        );
+    }
     if let Some(rc) = critical_r(n) {
         *md += &format!(
             "- Caution: with only n = {n} cells a correlation needs |r| >= {rc:.2} to reach p < 0.05, so \"not significant\" is weak evidence of no relation; the Spearman p-value uses the t approximation, which is rough for so few cells.\n"
@@ -333,6 +384,29 @@ pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             dip.ppl_from,
             dip.ppl_to
         );
+        let acc_runs = |samples: usize| -> Vec<f64> {
+            r.runs
+                .iter()
+                .filter(|c| c.model == "newllm" && c.samples == samples)
+                .map(|c| c.val_acc)
+                .collect()
+        };
+        let (from, to) = (acc_runs(dip.from_samples), acc_runs(dip.to_samples));
+        if from.len() >= 2 || to.len() >= 2 {
+            *md += &match mean_difference(&to, &from) {
+                Some(t) if t.p_value < SIGNIFICANCE => format!(
+                    "Over the seeds ({} and {} runs) the drop is {:+.1} points (95% CI {:+.1} to {:+.1}, {}): larger than seed noise.\n\n",
+                    to.len(), from.len(), t.diff * 100.0, t.ci95[0] * 100.0, t.ci95[1] * 100.0, p_phrase(t.p_value)
+                ),
+                Some(t) => format!(
+                    "Over the seeds ({} and {} runs) the drop is {:+.1} points (95% CI {:+.1} to {:+.1}, {}): **not distinguishable from seed noise**, so the explanations below are candidates, not findings.\n\n",
+                    to.len(), from.len(), t.diff * 100.0, t.ci95[0] * 100.0, t.ci95[1] * 100.0, p_phrase(t.p_value)
+                ),
+                None => "The seeds show no spread to test the drop against.\n\n".to_string(),
+            };
+        } else {
+            *md += "One seed per cell: whether this drop exceeds seed noise cannot be tested (set `replicates` >= 2).\n\n";
+        }
         let prev = d.cells.iter().find(|c| c.samples == dip.from_samples);
         let Some(cur) = d.cells.iter().find(|c| c.samples == dip.to_samples) else {
             continue;
@@ -547,6 +621,11 @@ pub fn section_factor_table(md: &mut String, r: &SweepResults) {
     } else {
         "not testable"
     };
+    let er_ev = if r.config.pretrained_embeddings.is_empty() {
+        format!("{er_ev} (random embeddings: ER level not comparable with the seed's)")
+    } else {
+        er_ev
+    };
     *md += &format!("| Effective Rank | {er_ev} | {er_v} |\n\n");
 }
 
@@ -567,45 +646,50 @@ fn stage_heading(key: &str) -> String {
 }
 
 pub fn section_timings(md: &mut String, r: &SweepResults) {
-    // Every stage any cell recorded, in the order the cells ran them.
+    let rows: &[CellResult] = if r.runs.is_empty() { &r.cells } else { &r.runs };
+    // Every stage any run recorded, in the order the runs ran them.
     let mut stages: Vec<&str> = Vec::new();
-    for c in &r.cells {
+    for c in rows {
         for (k, _) in &c.seconds.0 {
             if !stages.contains(&k.as_str()) {
                 stages.push(k);
             }
         }
     }
-    let phase1 = r.cells.iter().all(|c| c.newllm.is_some());
-    *md += "## Timings (seconds)\n\n| Samples |";
+    let phase1 = rows.iter().any(|c| c.newllm.is_some());
+    *md += "## Timings (seconds)\n\n| Model | Samples | Seed |";
     for k in &stages {
         *md += &format!(" {} |", stage_heading(k));
     }
     if phase1 {
         *md += " Phase 1 iterations | Converged |";
     }
-    *md += "\n|---|";
+    *md += "\n|---|---|---|";
     *md += &"---|".repeat(stages.len() + if phase1 { 2 } else { 0 });
     *md += "\n";
-    for c in &r.cells {
-        *md += &format!("| {} |", c.samples);
+    for c in rows {
+        *md += &format!("| {} | {} | {} |", c.model, c.samples, c.config.seed);
         for k in &stages {
             *md += &c
                 .seconds
                 .get(k)
                 .map_or(" - |".into(), |v| format!(" {v:.1} |"));
         }
-        if let Some(n) = &c.newllm {
-            *md += &format!(
-                " {} | {} ({}) |",
-                n.phase1_iterations,
-                if n.phase1_converged { "yes" } else { "no" },
-                pct(n.phase1_final_convergence_rate)
-            );
+        match (&c.newllm, phase1) {
+            (Some(n), _) => {
+                *md += &format!(
+                    " {} | {} ({}) |",
+                    n.phase1_iterations,
+                    if n.phase1_converged { "yes" } else { "no" },
+                    pct(n.phase1_final_convergence_rate)
+                )
+            }
+            (None, true) => *md += " - | - |",
+            (None, false) => {}
         }
         *md += "\n";
     }
-    let total: f64 = r.cells.iter().map(|c| c.seconds.total()).sum();
+    let total: f64 = rows.iter().map(|c| c.seconds.total()).sum();
     *md += &format!(
         "\nWhole sweep: {:.1} s ({:.1} min).\n\n",
         total,
@@ -654,6 +738,7 @@ pub fn render_report(results: &SweepResults) -> String {
         return md;
     }
     section_summary(&mut md, r);
+    section_baselines(&mut md, r);
     md += "## Analysis: which matters more, Effective Rank or token count?\n\n";
     section_er(&mut md, r);
     section_tokens(&mut md, r);

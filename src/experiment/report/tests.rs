@@ -307,7 +307,7 @@ fn report_from_fixture_file() {
         "| 100 | 110,516 | 1036.3 | 13.7% | 7.8% |",
         "| 200 | 216,119 | 757.7 | 17.6% | 8.4% |",
         "| 500 | 529,173 | 536.0 | 15.4% | 8.6% |",
-        "alpha = -0.459 (95% CI [-0.579, -0.339]; R^2 = 0.993; p = 0.0037, n = 4 cells): significant at 5%",
+        "alpha = -0.459 (95% CI [-0.579, -0.339]; R^2 = 0.993; p = 0.0037, n = 4 runs): significant at 5%",
         "Val ER vs Val PPL: Pearson r = -0.17 (p = 0.83); Spearman rho = -0.40 (p = 0.60) [t approximation], n = 4 cells: not significant at 5%.",
         "|r| >= 0.95",
         "ER ranges over 7.8%-9.6%",
@@ -318,10 +318,10 @@ fn report_from_fixture_file() {
         "Early stopping fired at epoch 3 (best epoch 2, val PPL at the stop +4.5% vs best): at or before epoch 3 with validation still near its best, so it may have fired too early. For comparison, 200 samples stopped at epoch 5.",
         "train PPL fell 3.00x from epoch 1 to 2 but val PPL only 1.31x",
         "`newllm compare --vary phase2_patience=1,3,0`",
-        "| Effective Rank | r(ER, PPL) = -0.17 (p = 0.83), r(ER, Acc) = 0.03 (p = 0.97) | no significant relation with performance at 5% |",
+        "| Effective Rank | r(ER, PPL) = -0.17 (p = 0.83), r(ER, Acc) = 0.03 (p = 0.97) (random embeddings: ER level not comparable with the seed's) | no significant relation with performance at 5% |",
         "`newllm compare --vary token_input_all_layers=false,true`",
         "`newllm sweep --set 'sample_counts=[50, 100, 200, 500, 1000, 2000]'`",
-        "| 500 | 1.0 | 30.0 | 5.0 | 0.5 | 2.0 | 60.0 | 98.5 | 12 | yes (97.0%) |",
+        "| newllm | 500 | 42 | 1.0 | 30.0 | 5.0 | 0.5 | 2.0 | 60.0 | 98.5 | 12 | yes (97.0%) |",
         "Architecture: E plan (separate ContextBlock/TokenBlock), \"arithmetic decrease\"",
         "1536 -> 1408 -> 1280 -> 1152 -> 1024 -> 896 -> 768",
         "early-stopping patience 1",
@@ -406,7 +406,7 @@ fn report_without_evidence_makes_no_claims() {
         "{md}"
     );
     assert!(
-        md.contains("n = 2 cells): no p-value or confidence interval with fewer than 3 cells"),
+        md.contains("n = 2 runs): no p-value or confidence interval with fewer than 3 runs"),
         "{md}"
     );
 }

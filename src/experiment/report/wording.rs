@@ -1,6 +1,7 @@
 //! Sentences both reports (and the command line) use to state a fit or a
 //! correlation, with its p-value and what it means at the 5% level.
 
+use crate::config::Config;
 use crate::experiment::format::fmt_p;
 use crate::experiment::stats::{Correlation, CorrelationPair, ScalingFit, SIGNIFICANCE};
 
@@ -22,7 +23,7 @@ pub fn verdict(p: Option<f64>) -> &'static str {
     }
 }
 
-/// "alpha = -0.459 (95% CI [-0.579, -0.339]; R^2 = 0.993; p = 0.0037, n = 4 cells): significant at 5%"
+/// "alpha = -0.459 (95% CI [-0.579, -0.339]; R^2 = 0.993; p = 0.0037, n = 4 runs): significant at 5%"
 pub fn alpha_sentence(fit: &ScalingFit) -> String {
     let mut inner = Vec::new();
     if let Some([lo, hi]) = fit.alpha_ci95 {
@@ -31,7 +32,7 @@ pub fn alpha_sentence(fit: &ScalingFit) -> String {
     if let Some(r2) = fit.r2 {
         inner.push(format!("R^2 = {r2:.3}"));
     }
-    let mut last = format!("n = {} cells", fit.n);
+    let mut last = format!("n = {} runs", fit.n);
     if let Some(p) = fit.p_value {
         last = format!("{}, {last}", p_phrase(p));
     }
@@ -39,7 +40,7 @@ pub fn alpha_sentence(fit: &ScalingFit) -> String {
     let verdict = match fit.p_value {
         Some(p) if p < SIGNIFICANCE => "significant at 5%".to_string(),
         Some(_) => "not significant at 5%".to_string(),
-        None => "no p-value or confidence interval with fewer than 3 cells".to_string(),
+        None => "no p-value or confidence interval with fewer than 3 runs".to_string(),
     };
     format!("alpha = {:.3} ({}): {verdict}", fit.alpha, inner.join("; "))
 }
@@ -89,4 +90,14 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
         "not significant at 5%"
     };
     format!("{what}: {}, n = {n} cells: {v}.", parts.join("; "))
+}
+
+/// What every Effective Rank statement of a run with random embeddings
+/// carries: its ER level is not the seed's (which used GPT-2 embeddings).
+pub fn er_caveat(cfg: &Config) -> &'static str {
+    if cfg.pretrained_embeddings.is_empty() {
+        " (random embeddings: the seed's 8-9% ER came with frozen GPT-2 embeddings, and with random ones the original implementation itself gives ~30-35% on this corpus, so this ER level is not comparable with the seed's)"
+    } else {
+        ""
+    }
 }

@@ -51,6 +51,14 @@ impl StageSeconds {
     }
 }
 
+/// GEMM FLOPs of one Phase-2 training position: the frozen ContextBlock
+/// recomputed forward (2 per weight), TokenBlock + head forward and backward
+/// (6 per weight). Phase 1 adds 6 per ContextBlock weight per token and
+/// iteration before that.
+pub fn phase2_flops_per_token(ctx: usize, tok: usize, head: usize) -> f64 {
+    2.0 * ctx as f64 + 6.0 * (tok + head) as f64
+}
+
 /// Trains and evaluates New-LLM on one split. Prints progress lines; writes
 /// the log and checkpoint to `paths` (the caller writes the result).
 pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Result<CellResult> {
@@ -178,6 +186,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
 
     let best = p2.best().clone();
     let last = p1.log.last().cloned().unwrap_or_default();
+    let [ctx, tok, head, _] = model.param_counts();
     let result = CellResult {
         model: "newllm".into(),
         replicate: 0,
@@ -197,6 +206,13 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         predicted_peak_bytes: predicted,
         measured_peak_bytes: peak_rss().unwrap_or(0),
         config: cfg.clone(),
+        architecture: format!(
+            "{} layers, context_dim {}, embed_dim {}",
+            cfg.num_layers, cfg.context_dim, cfg.embed_dim
+        ),
+        trainable_params: (ctx + tok + head) as u64,
+        non_embedding_params: (ctx + tok) as u64,
+        train_flops_per_token: phase2_flops_per_token(ctx, tok, head),
         newllm: Some(NewLlmResult {
             train_er: train_er / c as f64,
             val_er: val_er / c as f64,
@@ -209,4 +225,163 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         }),
     };
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::newllm::cache::sequential_pass;
+    use crate::models::newllm::checkpoint::load_checkpoint;
+    use crate::models::newllm::phase2::Phase2;
+    use std::path::PathBuf;
+
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("newllm-cell-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn tiny() -> Config {
+        Config {
+            vocab_size: 97,
+            embed_dim: 8,
+            context_dim: 8,
+            num_layers: 2,
+            phase1_batch_size: 128,
+            phase1_max_iterations: 3,
+            phase2_batch_size: 32,
+            phase2_epochs: 3,
+            phase2_patience: 0,
+            threads: 1,
+            ..Config::default()
+        }
+    }
+
+    /// A periodic training stream and a validation stream from another
+    /// pattern, so validation loss rises as training fits the first.
+    fn split() -> Split {
+        Split {
+            samples: 3,
+            train: (0..300).map(|i| ((i * 7) % 23) as u32).collect(),
+            val: (0..40).map(|i| (50 + (i * 13) % 47) as u32).collect(),
+            sample_ends: vec![100, 200, 340],
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_cell_reports_its_best_epoch_and_writes_log_and_checkpoint() {
+        let dir = scratch("run");
+        let cfg = tiny();
+        let paths = CellPaths::new(&dir.0, crate::models::ModelKind::NewLlm, 3, 0);
+        let split = split();
+        let r = run(&cfg, 3, &split, &paths).unwrap();
+        assert_eq!((r.samples, r.train_tokens, r.val_tokens), (3, 300, 40));
+        assert_eq!(r.config, cfg);
+
+        // Phase 2: the reported figures are the best epoch's
+        assert_eq!(r.epochs.len(), r.stop_epoch);
+        assert_eq!(r.stop_epoch, cfg.phase2_epochs);
+        assert!(!r.early_stopped);
+        assert!(r.best_epoch >= 1 && r.best_epoch <= r.stop_epoch);
+        let best = &r.epochs[r.best_epoch - 1];
+        assert_eq!(r.val_loss, best.val_loss);
+        assert_eq!(r.val_ppl, r.val_loss.exp());
+        assert_eq!(r.val_acc, best.val_acc);
+        for e in &r.epochs[..r.best_epoch - 1] {
+            assert!(e.val_loss > r.val_loss, "an earlier epoch was better");
+        }
+        for e in &r.epochs[r.best_epoch..] {
+            assert!(e.val_loss >= r.val_loss, "a later epoch was better");
+        }
+        assert!(
+            r.best_epoch < r.stop_epoch,
+            "this data should make the last epoch worse than the best: {:?}",
+            r.epochs
+        );
+
+        // Phase 1 and Effective Rank
+        assert_eq!(r.nl().phase1.len(), r.nl().phase1_iterations);
+        assert_eq!(r.nl().phase1_iterations, 3);
+        assert!(!r.nl().phase1_converged);
+        assert_eq!(
+            r.nl().phase1_final_convergence_rate,
+            r.nl().phase1[2].convergence_rate
+        );
+        let c = cfg.context_dim as f64;
+        for (frac, abs) in [
+            (r.nl().train_er, r.nl().train_er_abs),
+            (r.nl().val_er, r.nl().val_er_abs),
+        ] {
+            assert!(frac > 0.0 && frac <= 1.0, "{frac}");
+            assert!((frac * c - abs).abs() < 1e-12);
+        }
+
+        // the log: one line per Phase-1 iteration, then one per epoch
+        let log = std::fs::read_to_string(&paths.log).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), r.nl().phase1.len() + r.epochs.len());
+        assert!(lines[..3].iter().all(|l| l["stage"] == "phase1"));
+        assert!(lines[3..].iter().all(|l| l["stage"] == "phase2"));
+        let logged = lines[4]["epoch"]["val_loss"].as_f64().unwrap();
+        assert!((logged - r.epochs[1].val_loss).abs() < 1e-12);
+
+        // the checkpoint holds the best epoch's weights, not the last
+        let model = load_checkpoint(&paths.checkpoint).unwrap();
+        let val_src = sequential_pass(&model, &split.val, split.val.len() - 1);
+        let vs = Stream {
+            ids: &split.val,
+            src: &val_src,
+        };
+        let (loss, _) = Phase2::new(&model).evaluate(&model, &vs);
+        assert!((loss - r.val_loss).abs() < 1e-9, "{loss} vs {}", r.val_loss);
+    }
+
+    #[test]
+    fn a_cell_rerun_replaces_its_log() {
+        let dir = scratch("rerun");
+        let cfg = Config {
+            phase2_epochs: 1,
+            ..tiny()
+        };
+        let paths = CellPaths::new(&dir.0, crate::models::ModelKind::NewLlm, 3, 0);
+        std::fs::write(&paths.log, "stale line\n").unwrap();
+        let r = run(&cfg, 3, &split(), &paths).unwrap();
+        let log = std::fs::read_to_string(&paths.log).unwrap();
+        assert!(!log.contains("stale"));
+        assert_eq!(log.lines().count(), r.nl().phase1.len() + 1);
+    }
+
+    #[test]
+    fn k_longer_than_the_validation_stream_is_refused() {
+        let dir = scratch("k");
+        let cfg = Config {
+            num_input_tokens: 41,
+            ..tiny()
+        };
+        let err = run(
+            &cfg,
+            3,
+            &split(),
+            &CellPaths::new(&dir.0, crate::models::ModelKind::NewLlm, 3, 0),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("num_input_tokens = 41 is larger than the validation stream (40 tokens)"),
+            "{err}"
+        );
+    }
 }

@@ -4,34 +4,15 @@
 
 use super::model::Model;
 use crate::config::Config;
-use crate::io::write_atomic;
+use crate::io::save_safetensors;
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::TensorView;
 use std::path::Path;
 
 /// Saves every model parameter (state_dict names) as safetensors, atomically.
 pub fn save_checkpoint(model: &Model, path: &Path) -> Result<()> {
-    let params = model.named_params();
-    let views: Vec<(String, TensorView)> = params
-        .iter()
-        .map(|(name, shape, data)| {
-            let bytes: &[u8] = bytemuck_f32(data);
-            (
-                name.clone(),
-                TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape matches data"),
-            )
-        })
-        .collect();
     let mut meta = std::collections::HashMap::new();
     meta.insert("config".to_string(), serde_json::to_string(&model.cfg)?);
-    let bytes = safetensors::serialize(views, &Some(meta))?;
-    write_atomic(path, &bytes)
-}
-
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any bit pattern is a valid u8; safetensors is little-endian like x86.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+    save_safetensors(path, &model.named_params(), meta)
 }
 
 /// Loads a checkpoint written by `save_checkpoint`: its config and weights.

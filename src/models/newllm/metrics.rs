@@ -67,4 +67,46 @@ mod tests {
         let z: Vec<f32> = (0..300).map(|i| ((i * 37) % 11) as f32).collect();
         assert_eq!(effective_rank(&z, 3, 50, 7).unwrap().2, 50);
     }
+
+    /// ER of singular values (3, 1): p = (0.75, 0.25), so the plain formula
+    /// gives exp(-(0.75 ln 0.75 + 0.25 ln 0.25)) = 1.75477 while the squared
+    /// values (9, 1) would give 1.38415; the 1e-10 inside the log is included.
+    const ER_3_1: f64 = 1.754_765_350_252_370_1;
+
+    #[test]
+    fn effective_rank_uses_plain_not_squared_singular_values() {
+        assert!((effective_rank_of(&[3.0, 1.0]) - ER_3_1).abs() < 1e-12);
+        assert!((effective_rank_of(&[9.0, 1.0]) - 1.384_145_488_184_856_7).abs() < 1e-12);
+        // diag(3, 1) with its rows permuted and a zero row: singular values 3, 1
+        let x = [0.0f32, 1.0, 3.0, 0.0, 0.0, 0.0];
+        let (er, s, rows) = effective_rank(&x, 2, 0, 1).unwrap();
+        assert_eq!(rows, 3);
+        assert!(
+            (s[0] - 3.0).abs() < 1e-12 && (s[1] - 1.0).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert!((er - ER_3_1).abs() < 1e-9, "{er}");
+    }
+
+    #[test]
+    fn effective_rank_does_not_centre_the_rows() {
+        // Identical rows: rank one as given (ER 1); centred they would be all
+        // zero (ER 0).
+        let x: Vec<f32> = [3.0f32, 4.0].repeat(5);
+        let (er, s, _) = effective_rank(&x, 2, 0, 1).unwrap();
+        assert!((s[0] - 5.0 * 5f64.sqrt()).abs() < 1e-9, "{s:?}");
+        assert!((er - 1.0).abs() < 1e-6, "{er}");
+    }
+
+    #[test]
+    fn effective_rank_subsampling_is_seeded() {
+        let z: Vec<f32> = (0..300).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let a = effective_rank(&z, 3, 40, 7).unwrap();
+        let b = effective_rank(&z, 3, 40, 7).unwrap();
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.2, 40);
+        // no subsampling when the matrix is not larger than max_rows
+        assert_eq!(effective_rank(&z, 3, 100, 7).unwrap().2, 100);
+        assert_eq!(effective_rank(&z, 3, 0, 7).unwrap().2, 100);
+    }
 }

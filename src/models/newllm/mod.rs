@@ -6,7 +6,8 @@
 //! `cache.rs` (recurrent passes, Phase-2 caches) -> `phase2.rs` ->
 //! `metrics.rs` (Effective Rank); `cell.rs` runs one cell through the
 //! `engine.rs` device boundary (CPU, or `gpu/` with the cuda feature);
-//! `memory.rs` predicts sizes; `checkpoint.rs`, `generate.rs`, `golden.rs`.
+//! `memory.rs` predicts sizes; `checkpoint.rs`, `generate.rs`, `golden.rs`
+//! (the checks against the original's numbers) with `golden_hooks.rs`.
 
 pub mod cache;
 pub mod cell;
@@ -14,6 +15,7 @@ pub mod checkpoint;
 pub mod engine;
 pub mod generate;
 pub mod golden;
+pub mod golden_hooks;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod memory;

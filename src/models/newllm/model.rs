@@ -367,6 +367,34 @@ impl BlockActs {
     }
 }
 
+/// Parameters of the ContextBlock and of the TokenBlock without its head,
+/// from the config alone (what `Model::new` lays out, nothing allocated):
+/// per layer W [out, in_a + in_b] and its bias, the residual projection
+/// when the residual width differs from out, and the LayerNorm.
+pub fn block_param_counts(cfg: &Config) -> (usize, usize) {
+    let layer = |in_a: usize, in_b: usize, out: usize, res_in: usize| {
+        out * (in_a + in_b) + out + if res_in != out { out * res_in + out } else { 0 } + 2 * out
+    };
+    let (ke, cdims) = (cfg.token_input_dim(), cfg.context_dims());
+    let ctx: usize = (0..cfg.num_layers)
+        .map(|i| {
+            let (in_c, tok, out) = if cfg.token_input_all_layers {
+                (cfg.context_dim, ke, cfg.context_dim)
+            } else if i == 0 {
+                (cfg.context_dim, ke, cdims[1])
+            } else {
+                (cdims[i], 0, cdims[i + 1])
+            };
+            layer(in_c, tok, out, in_c)
+        })
+        .sum();
+    let (tdims, ctx_out) = (cfg.token_dims(), cfg.context_layer_output_dims());
+    let tok: usize = (0..cfg.num_layers)
+        .map(|i| layer(ctx_out[i], tdims[i], tdims[i + 1], tdims[i]))
+        .sum();
+    (ctx, tok)
+}
+
 /// The model. The embedding and embed_norm are frozen in both phases, so the
 /// normalised table `token_vectors = embed_norm(embedding)` is computed once
 /// and each input row is a gather from it.
@@ -774,6 +802,14 @@ mod tests {
             m.param_counts(),
             [15_394_304, 8_566_272, 38_647_633, 38_597_376]
         );
+        assert_eq!(block_param_counts(&m.cfg), (15_394_304, 8_566_272));
+        // The config-only count follows every layout: true mode, k = 2, small dims.
+        for (all_layers, k) in [(true, 1), (false, 2), (true, 2)] {
+            let cfg = tiny(all_layers, k);
+            let m = Model::new(&cfg, None).unwrap();
+            let [ctx, tok, ..] = m.param_counts();
+            assert_eq!(block_param_counts(&cfg), (ctx, tok), "{all_layers} {k}");
+        }
         let c = m
             .context
             .params

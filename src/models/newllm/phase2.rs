@@ -93,9 +93,14 @@ impl Phase2 {
 
     /// Clips the gradient and takes one Adam step; returns the norm before clipping.
     pub fn step(&mut self, model: &mut Model) -> f64 {
-        let norm = ops::clip_grad_norm(&mut self.grad, model.cfg.phase2_gradient_clip);
+        let norm = self.clip(model);
         self.adam.step(&mut model.token.params.data, &self.grad);
         norm
+    }
+
+    /// Clips the gradient to `phase2_gradient_clip`; returns the norm before.
+    fn clip(&mut self, model: &Model) -> f64 {
+        ops::clip_grad_norm(&mut self.grad, model.cfg.phase2_gradient_clip)
     }
 
     /// One epoch over the training positions; returns the token-weighted mean loss.
@@ -108,10 +113,12 @@ impl Phase2 {
             let rows = self.cap.min(n - start);
             self.forward(model, s, start, rows);
             let loss = self.backward(model, s, start, rows);
-            let norm = self.step(model);
+            // Checked before the step, so a diverged batch never reaches the weights.
+            let norm = self.clip(model);
             if !loss.is_finite() || !norm.is_finite() {
                 bail!("Phase 2 diverged at epoch {epoch}, batch {}: loss {loss}, gradient norm {norm}; try a lower phase2_learning_rate", bi + 1);
             }
+            self.adam.step(&mut model.token.params.data, &self.grad);
             total += loss * rows as f64;
         }
         bar.finish_and_clear();
@@ -220,4 +227,161 @@ pub fn run(
         early_stopped: log.early_stopped,
         best_params: steps.best_params,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::models::newllm::cache::sequential_pass;
+
+    fn tiny(clip: f64) -> Config {
+        Config {
+            vocab_size: 50,
+            embed_dim: 8,
+            context_dim: 8,
+            num_layers: 2,
+            phase2_batch_size: 16,
+            phase2_gradient_clip: clip,
+            threads: 1,
+            ..Config::default()
+        }
+    }
+
+    /// 100 ids (99 positions: 6 batches of 16 and one of 3) and their
+    /// sequential cache source.
+    fn data(model: &Model) -> (Vec<u32>, Vec<f32>) {
+        let ids: Vec<u32> = (0..100).map(|i| ((i * 7 + i / 3) % 50) as u32).collect();
+        let src = sequential_pass(model, &ids, ids.len() - 1);
+        (ids, src)
+    }
+
+    fn l2(v: &[f32]) -> f64 {
+        v.iter()
+            .map(|&g| (g as f64) * (g as f64))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    #[test]
+    fn step_clips_the_gradient_and_returns_the_norm_before_clipping() {
+        let clip = 0.05;
+        let mut model = Model::new(&tiny(clip), None).unwrap();
+        let (ids, src) = data(&model);
+        let s = Stream {
+            ids: &ids,
+            src: &src,
+        };
+        let mut p2 = Phase2::new(&model);
+        // batch 1 has only head gradient (the head starts at zero), batch 2 all
+        for start in [0, 16] {
+            p2.forward(&model, &s, start, 16);
+            p2.backward(&model, &s, start, 16);
+            let before = p2.grad.clone();
+            let norm = l2(&before);
+            assert!(
+                norm > 4.0 * clip,
+                "the test needs a gradient above the clip"
+            );
+            let returned = p2.step(&mut model);
+            assert_eq!(returned, norm);
+            // clip / (norm + 1e-6) leaves the norm a hair under the limit
+            let want = clip * norm / (norm + 1e-6);
+            assert!((l2(&p2.grad) / want - 1.0).abs() < 1e-6, "{}", l2(&p2.grad));
+            assert!(l2(&p2.grad) <= clip);
+            let k = (clip / (norm + 1e-6)) as f32;
+            for (a, b) in p2.grad.iter().zip(&before) {
+                assert_eq!(*a, b * k);
+            }
+        }
+        assert_eq!(p2.adam.t, 2);
+    }
+
+    /// One epoch by hand: forward, backward, optional clipping done here, Adam.
+    fn epoch_by_hand(cfg: &Config, clip: bool) -> Vec<f32> {
+        let mut model = Model::new(cfg, None).unwrap();
+        let (ids, src) = data(&model);
+        let s = Stream {
+            ids: &ids,
+            src: &src,
+        };
+        let mut p2 = Phase2::new(&model);
+        for start in (0..s.positions()).step_by(16) {
+            let rows = 16.min(s.positions() - start);
+            p2.forward(&model, &s, start, rows);
+            p2.backward(&model, &s, start, rows);
+            let norm = l2(&p2.grad);
+            if clip {
+                let k = cfg.phase2_gradient_clip / (norm + 1e-6);
+                if k < 1.0 {
+                    p2.grad.iter_mut().for_each(|g| *g *= k as f32);
+                }
+            }
+            p2.adam.step(&mut model.token.params.data, &p2.grad);
+        }
+        model.token.params.data
+    }
+
+    fn epoch_by_train_epoch(cfg: &Config) -> Vec<f32> {
+        let mut model = Model::new(cfg, None).unwrap();
+        let (ids, src) = data(&model);
+        let s = Stream {
+            ids: &ids,
+            src: &src,
+        };
+        let mut p2 = Phase2::new(&model);
+        p2.train_epoch(&mut model, &s, 1).unwrap();
+        model.token.params.data
+    }
+
+    #[test]
+    fn an_epoch_steps_adam_with_clipped_gradients() {
+        let small = tiny(0.05);
+        let clipped = epoch_by_train_epoch(&small);
+        assert_eq!(clipped, epoch_by_hand(&small, true));
+        // with the clip out of reach the same epoch is plain Adam ...
+        let huge = tiny(1e9);
+        let plain = epoch_by_train_epoch(&huge);
+        assert_eq!(plain, epoch_by_hand(&huge, false));
+        // ... which ends elsewhere: the clip was active
+        let diff = clipped
+            .iter()
+            .zip(&plain)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff > 1e-5, "clipping made no difference: {diff}");
+    }
+
+    #[test]
+    fn evaluate_is_the_mean_loss_and_correct_count_over_every_position() {
+        let model = Model::new(&tiny(1.0), None).unwrap();
+        let (ids, src) = data(&model);
+        let s = Stream {
+            ids: &ids,
+            src: &src,
+        };
+        let mut p2 = Phase2::new(&model);
+        // the head starts at zero: every logit is 0, loss ln V, argmax id 0
+        let (loss, correct) = p2.evaluate(&model, &s);
+        assert!((loss - 50f64.ln()).abs() < 1e-6, "{loss}");
+        assert_eq!(correct, ids[1..].iter().filter(|&&t| t == 0).count());
+        assert!(correct > 0);
+    }
+
+    #[test]
+    fn streams_without_a_prediction_are_refused() {
+        let (one, two) = ([3u32], [3u32, 4]);
+        let a = Stream {
+            ids: &one,
+            src: &[],
+        };
+        let b = Stream {
+            ids: &two,
+            src: &[],
+        };
+        let err = check_streams(&b, &a).unwrap_err().to_string();
+        assert!(err.contains("got 2 and 1"), "{err}");
+        let err = check_streams(&a, &b).unwrap_err().to_string();
+        assert!(err.contains("got 1 and 2"), "{err}");
+        assert!(check_streams(&b, &b).is_ok());
+    }
 }

@@ -9,7 +9,7 @@ use super::phase1::GpuPhase1;
 use super::phase2::GpuPhase2;
 use crate::config::Config;
 use crate::models::newllm::engine::Engine;
-use crate::models::newllm::golden::{BatchOutcome, FirstIteration, GoldenHooks};
+use crate::models::newllm::golden_hooks::{BatchOutcome, FirstIteration, GoldenHooks};
 use crate::models::newllm::model::Model;
 use crate::models::newllm::phase2::Stream;
 use anyhow::{bail, Result};

@@ -55,9 +55,15 @@ mod tests {
             .map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some(NO_DRIVER));
         let dir = std::env::temp_dir().join(format!("newllm-nodriver-{}", std::process::id()));
-        let err = crate::experiment::cell::run_cell(&cfg, 1, &dir, &dir)
-            .err()
-            .map(|e| e.to_string());
+        let err = crate::experiment::cell::run_cell(
+            crate::models::ModelKind::NewLlm,
+            &cfg,
+            1,
+            &dir,
+            &dir,
+        )
+        .err()
+        .map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some(NO_DRIVER));
         assert!(!dir.exists(), "nothing is written before the device check");
         let err = crate::bench::run(&cfg, 8, 2).err().map(|e| e.to_string());

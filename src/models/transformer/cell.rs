@@ -1,0 +1,221 @@
+//! One transformer cell, trained with New-LLM's Phase-2 protocol so the two
+//! differ only in the model: Adam at `phase2_learning_rate`, global-norm
+//! clipping at `phase2_gradient_clip`, `phase2_batch_size` positions per
+//! step in stream order, up to `phase2_epochs` epochs, early stopping on
+//! validation loss with `phase2_patience` (the shared `train_loop`), and
+//! the best epoch's figures and weights kept. Training and validation run
+//! in contiguous windows of `transformer_block_size` tokens.
+
+use super::model::{Transformer, TransformerDims};
+use super::train::{batches, Batch, Trainer};
+use crate::cell_result::{CellResult, Epoch, Timings};
+use crate::config::Config;
+use crate::data::Split;
+use crate::io::{log_line, save_safetensors};
+use crate::memory::{gib, peak_rss, refuse_if_too_big};
+use crate::models::newllm::model::block_param_counts;
+use crate::models::CellPaths;
+use crate::train_loop::{self, EpochSteps};
+use anyhow::{Context, Result};
+use std::time::Instant;
+
+/// The transformer's shape for `cfg`. Width 0 applies the size rule: the
+/// multiple of `transformer_heads` whose non-embedding parameters come
+/// closest to New-LLM's ContextBlock + TokenBlock (without its head).
+pub fn dims_for(cfg: &Config) -> TransformerDims {
+    let n_layer = if cfg.transformer_layers == 0 {
+        cfg.num_layers
+    } else {
+        cfg.transformer_layers
+    };
+    let base = TransformerDims {
+        vocab_size: cfg.vocab_size,
+        n_layer,
+        n_head: cfg.transformer_heads,
+        d_model: cfg.transformer_dim,
+        block_size: cfg.transformer_block_size,
+    };
+    if cfg.transformer_dim > 0 {
+        return base;
+    }
+    let (ctx, tok) = block_param_counts(cfg);
+    let target = (ctx + tok) as f64;
+    let h = cfg.transformer_heads;
+    let size = |d: usize| TransformerDims { d_model: d, ..base }.param_count_non_embedding() as f64;
+    // Non-embedding size grows with d, so walk up to the first width past the target.
+    let mut d = h;
+    while size(d + h) <= target {
+        d += h;
+    }
+    let d = if (size(d + h) - target).abs() < (target - size(d)).abs() {
+        d + h
+    } else {
+        d
+    };
+    TransformerDims { d_model: d, ..base }
+}
+
+/// Windows per step so a step holds `phase2_batch_size` positions (at least one window).
+fn windows_per_batch(cfg: &Config) -> usize {
+    (cfg.phase2_batch_size / cfg.transformer_block_size).max(1)
+}
+
+/// Predicted peak bytes: model, gradient, Adam, activations, a copy of the
+/// best weights, plus the process baseline.
+pub fn predict_peak_bytes(cfg: &Config) -> u64 {
+    let dims = dims_for(cfg);
+    let rows = windows_per_batch(cfg) * cfg.transformer_block_size;
+    (128 << 20) + Trainer::bytes(&dims, rows) + 4 * dims.param_count_total() as u64
+}
+
+struct Steps<'a> {
+    model: Transformer,
+    trainer: Trainer,
+    train: Vec<Batch<'a>>,
+    val: Vec<Batch<'a>>,
+    best: Vec<f32>,
+}
+
+impl EpochSteps for Steps<'_> {
+    fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
+        let (mut total, mut positions) = (0.0, 0usize);
+        let bar = crate::progress::bar(
+            self.train.len() as u64,
+            &format!("transformer epoch {epoch} (batches)"),
+        );
+        for (i, b) in self.train.iter().enumerate() {
+            bar.set_position(i as u64);
+            let (loss, _) = self
+                .trainer
+                .train_step(&mut self.model, b.inputs, b.targets, b.windows, b.t)
+                .with_context(|| format!("transformer epoch {epoch}, batch {}", i + 1))?;
+            total += loss * (b.windows * b.t) as f64;
+            positions += b.windows * b.t;
+        }
+        bar.finish_and_clear();
+        Ok(total / positions as f64)
+    }
+
+    fn evaluate(&mut self) -> Result<(f64, usize)> {
+        let (mut total, mut correct, mut positions) = (0.0, 0, 0usize);
+        for b in &self.val {
+            let (l, c) = self
+                .trainer
+                .evaluate(&self.model, b.inputs, b.targets, b.windows, b.t)?;
+            total += l;
+            correct += c;
+            positions += b.windows * b.t;
+        }
+        Ok((total / positions as f64, correct))
+    }
+
+    fn keep_best(&mut self) -> Result<()> {
+        self.best.copy_from_slice(&self.model.params);
+        Ok(())
+    }
+}
+
+/// Trains on `split.train`, validates on every position of `split.val`
+/// after each epoch; writes the epoch log and the best weights to `paths`.
+pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Result<CellResult> {
+    let t_all = Instant::now();
+    let dims = dims_for(cfg);
+    dims.validate()?;
+    let (n, m) = (split.train.len(), split.val.len());
+    let predicted = predict_peak_bytes(cfg);
+    eprintln!(
+        "transformer cell {samples} samples: {} layers x d_model {}, {} heads, block {}; {n} train / {m} val tokens, predicted peak memory {}",
+        dims.n_layer,
+        dims.d_model,
+        dims.n_head,
+        dims.block_size,
+        gib(predicted)
+    );
+    refuse_if_too_big(
+        predicted,
+        "use a smaller transformer_dim / transformer_block_size / phase2_batch_size",
+    )?;
+    let _ = std::fs::remove_file(&paths.log);
+    let wpb = windows_per_batch(cfg);
+    let model = Transformer::new(dims, cfg.seed)?;
+    let trainer = Trainer::new(
+        &model,
+        wpb * dims.block_size,
+        cfg.phase2_learning_rate,
+        cfg.phase2_gradient_clip,
+    )?;
+    let best = model.params.clone();
+    let mut steps = Steps {
+        model,
+        trainer,
+        train: batches(&split.train, dims.block_size, wpb)?,
+        val: batches(&split.val, dims.block_size, wpb)?,
+        best,
+    };
+    let t = Instant::now();
+    let log = train_loop::run_epochs(
+        "Transformer training",
+        cfg.phase2_epochs,
+        cfg.phase2_patience,
+        m - 1,
+        &mut steps,
+        &mut |e: &Epoch| {
+            eprintln!(
+                "  transformer epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
+                e.epoch,
+                e.train_ppl,
+                e.val_ppl,
+                100.0 * e.val_acc,
+                e.seconds
+            );
+            let _ = log_line(
+                &paths.log,
+                &serde_json::json!({"stage": "transformer", "epoch": e}),
+            );
+        },
+    )
+    .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
+    let train_seconds = t.elapsed().as_secs_f64();
+    steps.model.params.copy_from_slice(&steps.best);
+    save_checkpoint(&steps.model, cfg, &paths.checkpoint)?;
+    let best = log.epochs[log.best_epoch - 1].clone();
+    let mut seconds = Timings::default();
+    seconds.add("train", train_seconds);
+    seconds.add("total", t_all.elapsed().as_secs_f64());
+    Ok(CellResult {
+        model: "transformer".into(),
+        replicate: 0,
+        ran_on: "cpu".into(),
+        samples,
+        train_tokens: n,
+        val_tokens: m,
+        val_ppl: best.val_ppl,
+        val_loss: best.val_loss,
+        val_acc: best.val_acc,
+        best_epoch: log.best_epoch,
+        stop_epoch: log.stop_epoch,
+        early_stopped: log.early_stopped,
+        epochs: log.epochs,
+        seconds,
+        threads: crate::ops::threads(),
+        predicted_peak_bytes: predicted,
+        measured_peak_bytes: peak_rss().unwrap_or(0),
+        config: cfg.clone(),
+        architecture: format!(
+            "{} layers x d_model {}, {} heads, block {}",
+            dims.n_layer, dims.d_model, dims.n_head, dims.block_size
+        ),
+        trainable_params: dims.param_count_total() as u64,
+        non_embedding_params: dims.param_count_non_embedding() as u64,
+        train_flops_per_token: dims.train_flops_per_token() as f64,
+        newllm: None,
+    })
+}
+
+/// The weights under GPT-2's names, with the config, as safetensors.
+fn save_checkpoint(model: &Transformer, cfg: &Config, path: &std::path::Path) -> Result<()> {
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("config".to_string(), serde_json::to_string(cfg)?);
+    meta.insert("model".to_string(), "transformer".to_string());
+    save_safetensors(path, &model.named_params(), meta)
+}
