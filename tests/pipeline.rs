@@ -357,3 +357,98 @@ fn a_cell_that_cannot_fit_in_memory_refuses_up_front() {
         "refused before Phase 1 started"
     );
 }
+
+/// Every model's JSON without the fields that measure the machine, not the run.
+fn strip_timings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("seconds");
+            m.remove("measured_peak_bytes");
+            m.values_mut().for_each(strip_timings);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_timings),
+        _ => {}
+    }
+}
+
+#[test]
+fn replicates_and_baselines_are_reproducible_and_distinct() {
+    let dir = temp_dir("replicates");
+    let cache = dir.join("cache");
+    let cfg = Config {
+        sample_counts: vec![8],
+        baselines: vec!["kn".into(), "transformer".into()],
+        replicates: 2,
+        ..tiny(write_corpus(&dir, 10))
+    };
+    let a = run_sweep(&cfg, &dir.join("a"), &cache, None)
+        .unwrap()
+        .unwrap();
+    run_sweep(&cfg, &dir.join("b"), &cache, None)
+        .unwrap()
+        .unwrap();
+    let files = [
+        "cell-8.json",
+        "cell-8-r1.json",
+        "kn-cell-8.json",
+        "transformer-cell-8.json",
+        "transformer-cell-8-r1.json",
+    ];
+    let read = |side: &str, f: &str| -> serde_json::Value {
+        let mut v = serde_json::from_str(&std::fs::read_to_string(dir.join(side).join(f)).unwrap())
+            .unwrap();
+        strip_timings(&mut v);
+        v
+    };
+    for f in files {
+        assert_eq!(
+            read("a", f),
+            read("b", f),
+            "{f} differs between identical runs"
+        );
+    }
+    for f in ["cell-8-r1.safetensors", "transformer-cell-8-r1.safetensors"] {
+        assert_eq!(
+            std::fs::read(dir.join("a").join(f)).unwrap(),
+            std::fs::read(dir.join("b").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(
+        !dir.join("a/kn-cell-8-r1.json").exists(),
+        "the n-gram is deterministic: one run"
+    );
+    // Replicates use seed, seed + 1 and differ; the split does not.
+    let (r0, r1) = (read("a", "cell-8.json"), read("a", "cell-8-r1.json"));
+    assert_eq!(
+        (r0["config"]["seed"].as_u64(), r1["config"]["seed"].as_u64()),
+        (Some(42), Some(43))
+    );
+    assert_eq!(r0["train_tokens"], r1["train_tokens"]);
+    assert_ne!(r0["val_ppl"], r1["val_ppl"]);
+    let (t0, t1) = (
+        read("a", "transformer-cell-8.json"),
+        read("a", "transformer-cell-8-r1.json"),
+    );
+    assert_ne!(t0["val_ppl"], t1["val_ppl"]);
+    // The analysis has one entry per model, each fitted over all its runs.
+    let models: Vec<(&str, usize)> = a
+        .models
+        .iter()
+        .map(|m| (m.model.as_str(), m.replicates))
+        .collect();
+    assert_eq!(models, vec![("newllm", 2), ("kn", 1), ("transformer", 2)]);
+    assert_eq!(a.runs.len(), 5);
+    let c = &a.models[0].cells[0];
+    let ppl = c.val_ppl.unwrap();
+    assert_eq!(ppl.n, 2);
+    let want = (r0["val_ppl"].as_f64().unwrap() + r1["val_ppl"].as_f64().unwrap()) / 2.0;
+    assert!((ppl.mean - want).abs() < 1e-9 * want);
+    assert!(ppl.sd.unwrap() > 0.0);
+    let report = std::fs::read_to_string(dir.join("a/report.md")).unwrap();
+    assert!(
+        report.contains("## Compared with standard models"),
+        "{report}"
+    );
+    assert!(report.contains("Kneser-Ney") && report.contains("Transformer"));
+}

@@ -393,6 +393,36 @@ pub fn paired_difference(a: &[f64], b: &[f64]) -> Option<Difference> {
     t_difference(m, (v / n).sqrt(), n - 1.0)
 }
 
+/// One-way analysis of variance: do the group means differ by more than
+/// the spread within groups? Returns (F, p) with (groups - 1, values -
+/// groups) degrees of freedom; None without at least two groups, a group
+/// with two values, or any within-group spread.
+pub fn one_way_anova(groups: &[Vec<f64>]) -> Option<(f64, f64)> {
+    let k = groups.len();
+    let n: usize = groups.iter().map(Vec::len).sum();
+    if k < 2 || n <= k || groups.iter().any(Vec::is_empty) {
+        return None;
+    }
+    let all: Vec<f64> = groups.iter().flatten().copied().collect();
+    if !all.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    let grand = all.iter().sum::<f64>() / n as f64;
+    let (mut between, mut within) = (0.0, 0.0);
+    for g in groups {
+        let m = g.iter().sum::<f64>() / g.len() as f64;
+        between += g.len() as f64 * (m - grand).powi(2);
+        within += g.iter().map(|v| (v - m).powi(2)).sum::<f64>();
+    }
+    let (d1, d2) = ((k - 1) as f64, (n - k) as f64);
+    if within <= 0.0 {
+        return None;
+    }
+    let f = (between / d1) / (within / d2);
+    let dist = statrs::distribution::FisherSnedecor::new(d1, d2).ok()?;
+    Some((f, dist.sf(f)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +626,20 @@ mod tests {
             p.p_value
         );
         assert_eq!(paired_difference(&[1.0], &[2.0]), None);
+    }
+
+    #[test]
+    fn anova_by_hand() {
+        // Groups [1,2,3] and [4,5,6]: grand mean 3.5, between = 2 * 3 * 1.5^2
+        // = 13.5 on 1 dof, within = 2 + 2 = 4 on 4 dof: F = 13.5 / 1 = 13.5.
+        // p = P(F(1,4) > 13.5) = P(|t_4| > sqrt(13.5)).
+        let (f, p) = one_way_anova(&[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]).unwrap();
+        assert!(close(f, 13.5, 1e-12));
+        assert!(
+            close(p, student_t_two_sided_p(13.5f64.sqrt(), 4.0), 1e-9),
+            "{p}"
+        );
+        assert_eq!(one_way_anova(&[vec![1.0], vec![2.0]]), None);
+        assert_eq!(one_way_anova(&[vec![1.0, 1.0], vec![2.0, 2.0]]), None);
     }
 }

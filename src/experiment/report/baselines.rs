@@ -101,7 +101,7 @@ pub fn section_baselines(md: &mut String, r: &SweepResults) {
             *md += &format!(" {} |", mean_sd(cell(m).and_then(|c| c.val_ppl), 1.0, 1));
         }
         for m in &r.models {
-            *md += &format!(" {} |", mean_sd(cell(m).and_then(|c| c.val_acc), 100.0, 1));
+            *md += &format!(" {}% |", mean_sd(cell(m).and_then(|c| c.val_acc), 100.0, 1));
         }
         *md += "\n";
     }
@@ -177,13 +177,10 @@ fn plain_words(r: &SweepResults) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut s = format!("Against {}: ", label(m));
+        let mut s = format!("Against {}: New-LLM's Val PPL is ", label(m));
         let mut parts = Vec::new();
         if !better.is_empty() {
-            parts.push(format!(
-                "New-LLM's Val PPL is significantly lower at {} samples",
-                list(&better)
-            ));
+            parts.push(format!("significantly lower at {} samples", list(&better)));
         }
         if !worse.is_empty() {
             parts.push(format!("significantly higher at {} samples", list(&worse)));

@@ -15,7 +15,7 @@ use crate::experiment::format::{
 use crate::experiment::plots;
 use crate::experiment::results::{MeanSd, SweepResults};
 use crate::experiment::stats::{
-    correlation_significant, critical_r, mean_difference, SIGNIFICANCE,
+    correlation_significant, critical_r, mean_difference, one_way_anova, SIGNIFICANCE,
 };
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -112,8 +112,45 @@ pub fn section_summary(md: &mut String, r: &SweepResults) {
     if reps > 1 {
         *md += &format!("New-LLM, mean ± sd over {reps} seeds per cell (the per-seed values are in `results.json`).\n\n");
     }
-    *md += "| Samples | Tokens | Val PPL | Val Acc | Val ER |\n|---------|--------|---------|---------|--------|\n";
     let newllm = r.models.iter().find(|m| m.model == "newllm");
+    let runs: Vec<&CellResult> = if r.runs.is_empty() {
+        r.cells.iter().collect()
+    } else {
+        r.runs.iter().filter(|c| c.newllm.is_some()).collect()
+    };
+    let converged = runs.iter().filter(|c| c.nl().phase1_converged).count();
+    *md += &if converged == runs.len() {
+        format!(
+            "Phase 1 converged in every New-LLM run ({} of {}): at least {} of the tokens' contexts changed by less than the threshold {} (mean squared) within {} iterations.\n\n",
+            converged,
+            runs.len(),
+            pct(r.config.phase1_min_converged_ratio),
+            r.config.phase1_convergence_threshold,
+            r.config.phase1_max_iterations
+        )
+    } else {
+        let missed: Vec<String> = runs
+            .iter()
+            .filter(|c| !c.nl().phase1_converged)
+            .map(|c| {
+                format!(
+                    "{} samples seed {} ({})",
+                    c.samples,
+                    c.config.seed,
+                    pct(c.nl().phase1_final_convergence_rate)
+                )
+            })
+            .collect();
+        format!(
+            "**Phase 1 did not converge in {} of {} New-LLM runs** (final convergence rate below {} after {} iterations: {}); their contexts are not fixed points, so those cells test Phase 2 on unconverged contexts.\n\n",
+            runs.len() - converged,
+            runs.len(),
+            pct(r.config.phase1_min_converged_ratio),
+            r.config.phase1_max_iterations,
+            missed.join(", ")
+        )
+    };
+    *md += "| Samples | Tokens | Val PPL | Val Acc | Val ER |\n|---------|--------|---------|---------|--------|\n";
     for c in &r.cells {
         let sum = newllm.and_then(|m| m.cells.iter().find(|x| x.samples == c.samples));
         let one = |v: f64| MeanSd::of(&[v]);
@@ -188,7 +225,7 @@ pub fn section_er(md: &mut String, r: &SweepResults) {
     }
     let mean_abs = r.cells.iter().map(|c| c.nl().val_er_abs).sum::<f64>() / r.cells.len() as f64;
     *md += &format!(
-        "\nOn average about {:.0} of the {} context dimensions are effectively used on validation{}.\n\n",
+        "\nOn average about {:.0} of the {} context dimensions are effectively used on validation.{}\n\n",
         mean_abs,
         r.config.context_dim,
         er_caveat(&r.config)
@@ -201,6 +238,22 @@ pub fn section_er(md: &mut String, r: &SweepResults) {
         );
     }
     *md += "![effective rank](plots/effective_rank.png)\n\n";
+}
+
+/// One-way ANOVA of New-LLM's val ER grouped by cell (None without seeds).
+fn er_between_cells(r: &SweepResults) -> Option<(f64, f64)> {
+    let groups: Vec<Vec<f64>> = r
+        .cells
+        .iter()
+        .map(|c| {
+            r.runs
+                .iter()
+                .filter(|x| x.newllm.is_some() && x.samples == c.samples)
+                .map(|x| x.nl().val_er)
+                .collect()
+        })
+        .collect();
+    one_way_anova(&groups)
 }
 
 /// Mean over cells of New-LLM's between-seed sd of val ER (None without replicates).
@@ -292,8 +345,13 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
         .as_ref()
         .and_then(|f| f.p_value)
         .is_some_and(|p| p < SIGNIFICANCE);
-    let er_sig = correlation_significant(&r.correlations.val_er_vs_val_ppl)
-        || correlation_significant(&r.correlations.val_er_vs_val_acc);
+    // With seeds, ER's differences between cells must exceed its spread
+    // between seeds before a correlation with it can count as evidence.
+    let er_anova = er_between_cells(r);
+    let er_beyond_noise = er_anova.is_none_or(|(_, p)| p < SIGNIFICANCE);
+    let er_sig = er_beyond_noise
+        && (correlation_significant(&r.correlations.val_er_vs_val_ppl)
+            || correlation_significant(&r.correlations.val_er_vs_val_acc));
     *md += "Token count:\n\n";
     match &r.scaling {
         Some(fit) => *md += &format!("- Scaling law: {}.\n", alpha_sentence(fit)),
@@ -302,7 +360,7 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
     *md += "\nEffective Rank vs performance:\n\n";
     let caveat = er_caveat(&r.config);
     let per_cell = if r.runs.len() > r.cells.len() {
-        " (over the cells' seed means)"
+        " Computed over the cells' seed means."
     } else {
         ""
     };
@@ -314,10 +372,13 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
         "- {}{per_cell}{caveat}\n",
         correlation_sentence("Val ER vs Val Acc", &r.correlations.val_er_vs_val_acc)
     );
-    if let Some(spread) = er_seed_spread(r) {
+    if let (Some(spread), Some((f, p))) = (er_seed_spread(r), er_anova) {
         *md += &format!(
-            "- Seed spread: val ER moves {:.1} points between seeds of one cell; a relation built on ER differences smaller than that is not evidence.\n",
-            spread * 100.0
+            "- Seed spread: val ER moves {:.1} points (sd) between seeds of one cell. Its differences between cells {} (one-way ANOVA over the runs, F = {f:.2}, {}){}.\n",
+            spread * 100.0,
+            if er_beyond_noise { "exceed that noise" } else { "do not exceed that noise" },
+            p_phrase(p),
+            if er_beyond_noise { "" } else { ", so no correlation with ER is counted as evidence here" }
         );
     }
     if let Some(rc) = critical_r(n) {
@@ -612,7 +673,13 @@ pub fn section_factor_table(md: &mut String, r: &SweepResults) {
     } else {
         er_ev.join(", ")
     };
-    let er_v = if correlation_significant(pair)
+    let er_anova = er_between_cells(r).filter(|(_, p)| *p >= SIGNIFICANCE);
+    let er_v = if let Some((_, p)) = er_anova {
+        &*format!(
+            "no evidence: ER differs between cells no more than between seeds (ANOVA {})",
+            p_phrase(p)
+        )
+    } else if correlation_significant(pair)
         || correlation_significant(&r.correlations.val_er_vs_val_acc)
     {
         "significant relation with performance at 5%"

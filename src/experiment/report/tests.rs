@@ -473,3 +473,83 @@ fn compare_report_side_by_side() {
     assert_png(&dir.join("plots/compare_scaling.png"));
     cleanup(&dir);
 }
+
+/// The seed's cells run twice: replicate 1 shifts val ER by `er_noise`
+/// (alternating sign) and Val Acc by `acc_noise`, with seed 43.
+fn replicated(er_noise: f64, acc_noise: f64) -> SweepResults {
+    let mut runs = seed_cells();
+    for (i, c) in seed_cells().into_iter().enumerate() {
+        let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+        let mut r = c.clone();
+        r.replicate = 1;
+        r.config.seed = 43;
+        r.val_acc += sign * acc_noise;
+        r.val_ppl *= 1.01;
+        if let Some(n) = r.newllm.as_mut() {
+            n.val_er += sign * er_noise;
+        }
+        runs.push(r);
+    }
+    analyse(&Config::default(), &runs)
+}
+
+#[test]
+fn replicate_spread_gates_er_and_dip_claims() {
+    // ER moving 30 points between seeds swamps its 0.5-point spread between
+    // cells: no ER relation is evidence, whatever the correlation says.
+    let md = render_report(&replicated(0.3, 0.0));
+    assert!(
+        md.contains("Its differences between cells do not exceed that noise"),
+        "{md}"
+    );
+    assert!(
+        md.contains("no evidence: ER differs between cells no more than between seeds"),
+        "{md}"
+    );
+    assert!(md.contains("mean ± sd over 2 seeds per cell"), "{md}");
+    assert!(
+        md.contains("The fit uses every run: 4 cells x 2 seeds."),
+        "{md}"
+    );
+    // Seeds that agree to 0.01 points: the cells' ER differences are real.
+    let md = render_report(&replicated(0.0001, 0.0));
+    assert!(
+        md.contains("Its differences between cells exceed that noise"),
+        "{md}"
+    );
+    // The 500-sample accuracy dip, against seeds that scatter by 5 points:
+    // reported as not distinguishable from seed noise.
+    let md = render_report(&replicated(0.0001, 0.05));
+    assert!(md.contains("Why accuracy dropped at 500 samples"), "{md}");
+    assert!(
+        md.contains("**not distinguishable from seed noise**"),
+        "{md}"
+    );
+    // With identical-but-for-PPL seeds the dip stands out of the noise.
+    let md = render_report(&replicated(0.0001, 0.0));
+    assert!(
+        md.contains("The seeds show no spread to test the drop against."),
+        "{md}"
+    );
+}
+
+#[test]
+fn compare_pairs_runs_by_seed() {
+    // Side B = side A's runs with every PPL 10% lower and seed-matched noise
+    // of 1%: a paired test finds B better at every cell.
+    let a = replicated(0.0001, 0.0);
+    let mut runs_b = a.runs.clone();
+    for r in &mut runs_b {
+        let wobble = if r.replicate == 0 { 1.0 } else { 1.01 };
+        r.val_ppl *= 0.9 * wobble;
+    }
+    let b = analyse(&Config::default(), &runs_b);
+    let md = render_compare_report(&[("A".into(), a.clone()), ("B".into(), b)]);
+    assert!(md.contains("## Paired by seed"), "{md}");
+    assert!(md.contains("| B vs A, 500 samples | 2 |"), "{md}");
+    assert!(md.contains("B beats A (lower PPL)"), "{md}");
+    // One seed per side: nothing to pair a test on.
+    let single = analyse(&Config::default(), &seed_cells());
+    let md = render_compare_report(&[("A".into(), single.clone()), ("B".into(), single)]);
+    assert!(md.contains("untestable: needs 2+ seeds"), "{md}");
+}

@@ -96,7 +96,7 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
 /// carries: its ER level is not the seed's (which used GPT-2 embeddings).
 pub fn er_caveat(cfg: &Config) -> &'static str {
     if cfg.pretrained_embeddings.is_empty() {
-        " (random embeddings: the seed's 8-9% ER came with frozen GPT-2 embeddings, and with random ones the original implementation itself gives ~30-35% on this corpus, so this ER level is not comparable with the seed's)"
+        " Random embeddings: the seed's 8-9% ER came with frozen GPT-2 embeddings, and with random ones the original implementation itself gives ~30-35% on this corpus, so this ER level is not comparable with the seed's."
     } else {
         ""
     }

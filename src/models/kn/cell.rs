@@ -10,12 +10,18 @@ use crate::memory::{gib, peak_rss, refuse_if_too_big};
 use anyhow::Result;
 use std::time::Instant;
 
+/// The model of a cell: counts of the training stream only.
+pub fn build(cfg: &Config, split: &Split) -> Result<KneserNey> {
+    KneserNey::train(&split.train, cfg.kn_order, cfg.vocab_size)
+}
+
 /// Builds the model on `split.train` and evaluates it on every position of
 /// `split.val` (the positions New-LLM is scored on).
 pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
     let t_all = Instant::now();
     let (n, m) = (split.train.len(), split.val.len());
-    let predicted = KneserNey::predict_bytes(n, cfg.kn_order, cfg.vocab_size);
+    // Plus the process baseline (binary, tokenizer tables, corpus text).
+    let predicted = (128 << 20) + KneserNey::predict_bytes(n, cfg.kn_order, cfg.vocab_size);
     eprintln!(
         "kn cell {samples} samples: order {}, {n} train / {m} val tokens, predicted peak memory {}",
         cfg.kn_order,
@@ -23,7 +29,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
     );
     refuse_if_too_big(predicted, "use fewer samples or a lower kn_order")?;
     let t = Instant::now();
-    let lm = KneserNey::train(&split.train, cfg.kn_order, cfg.vocab_size)?;
+    let lm = build(cfg, split)?;
     let build = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let eval = lm.evaluate(&split.val)?;
@@ -58,4 +64,64 @@ pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
         train_flops_per_token: 0.0,
         newllm: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn split(train: Vec<u32>, val: Vec<u32>) -> Split {
+        Split {
+            samples: 1,
+            train,
+            val,
+            sample_ends: vec![],
+            source: "test".into(),
+        }
+    }
+
+    /// The leak test: two splits with the same training stream and different
+    /// validation streams build the same model, while letting the validation
+    /// tokens into training would change it.
+    #[test]
+    fn no_validation_token_reaches_the_counts() {
+        let cfg = Config {
+            vocab_size: 40,
+            kn_order: 3,
+            ..Config::default()
+        };
+        let mut rng = Rng::new(5);
+        let mut ids =
+            |n: usize, v: usize| (0..n).map(|_| rng.below(v) as u32).collect::<Vec<u32>>();
+        let train = ids(500, 20);
+        let (val_a, val_b) = (ids(60, 40), ids(60, 40));
+        let a = build(&cfg, &split(train.clone(), val_a.clone())).unwrap();
+        let b = build(&cfg, &split(train.clone(), val_b.clone())).unwrap();
+        let leaked = build(
+            &cfg,
+            &split([train.clone(), val_a.clone()].concat(), vec![]),
+        )
+        .unwrap();
+        let (mut same, mut differs) = (true, false);
+        for h in val_a.windows(2).chain(val_b.windows(2)) {
+            for w in 0..cfg.vocab_size as u32 {
+                same &= a.prob(h, w) == b.prob(h, w);
+                differs |= a.prob(h, w) != leaked.prob(h, w);
+            }
+        }
+        assert!(same, "the validation stream changed the model");
+        assert!(
+            differs,
+            "the check cannot see validation tokens in training"
+        );
+        // And the cell scores exactly the validation positions.
+        let r = run(&cfg, 1, &split(train, val_a)).unwrap();
+        assert_eq!(
+            (r.model.as_str(), r.train_tokens, r.val_tokens),
+            ("kn", 500, 60)
+        );
+        assert!((r.val_ppl - r.val_loss.exp()).abs() < 1e-9 * r.val_ppl);
+        assert!(r.newllm.is_none() && r.epochs.is_empty());
+    }
 }

@@ -219,3 +219,102 @@ fn save_checkpoint(model: &Transformer, cfg: &Config, path: &std::path::Path) ->
     meta.insert("model".to_string(), "transformer".to_string());
     save_safetensors(path, &model.named_params(), meta)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn tiny() -> Config {
+        Config {
+            vocab_size: 30,
+            embed_dim: 8,
+            context_dim: 8,
+            num_layers: 2,
+            transformer_heads: 2,
+            transformer_block_size: 8,
+            phase2_batch_size: 16,
+            phase2_epochs: 2,
+            phase2_patience: 0,
+            ..Config::default()
+        }
+    }
+
+    /// The size rule picks the width whose non-embedding parameters come
+    /// closest to New-LLM's ContextBlock + TokenBlock.
+    #[test]
+    fn size_rule_matches_newllm_blocks() {
+        for cfg in [Config::default(), Config::preset("quick").unwrap(), tiny()] {
+            let (ctx, tok) = block_param_counts(&cfg);
+            let target = (ctx + tok) as f64;
+            let d = dims_for(&cfg);
+            assert_eq!(d.d_model % cfg.transformer_heads, 0);
+            let size =
+                |w: usize| TransformerDims { d_model: w, ..d }.param_count_non_embedding() as f64;
+            let err = (size(d.d_model) - target).abs();
+            for w in [
+                d.d_model - cfg.transformer_heads,
+                d.d_model + cfg.transformer_heads,
+            ] {
+                if w > 0 {
+                    assert!(
+                        err <= (size(w) - target).abs(),
+                        "width {w} is closer than {}",
+                        d.d_model
+                    );
+                }
+            }
+        }
+        // The seed model: 23,960,576 block parameters -> 6 layers x d_model 576.
+        assert_eq!(dims_for(&Config::default()).d_model, 576);
+        // An explicit width is kept.
+        let cfg = Config {
+            transformer_dim: 64,
+            ..tiny()
+        };
+        assert_eq!(dims_for(&cfg).d_model, 64);
+    }
+
+    /// The leak test: training with two different validation streams (fixed
+    /// epochs) leaves bit-identical weights and training losses.
+    #[test]
+    fn no_validation_token_reaches_any_training_step() {
+        let cfg = tiny();
+        let mut rng = Rng::new(8);
+        let mut ids = |n: usize| (0..n).map(|_| rng.below(30) as u32).collect::<Vec<u32>>();
+        let train = ids(120);
+        let (val_a, val_b) = (ids(30), ids(30));
+        let train_with = |val: &[u32]| {
+            let dims = dims_for(&cfg);
+            let model = Transformer::new(dims, cfg.seed).unwrap();
+            let trainer = Trainer::new(
+                &model,
+                16,
+                cfg.phase2_learning_rate,
+                cfg.phase2_gradient_clip,
+            )
+            .unwrap();
+            let best = model.params.clone();
+            let mut steps = Steps {
+                model,
+                trainer,
+                train: batches(&train, dims.block_size, 2).unwrap(),
+                val: batches(val, dims.block_size, 2).unwrap(),
+                best,
+            };
+            let log = train_loop::run_epochs("test", 2, 0, val.len() - 1, &mut steps, &mut |_| {})
+                .unwrap();
+            let train_losses: Vec<f64> = log.epochs.iter().map(|e| e.train_loss).collect();
+            let val_losses: Vec<f64> = log.epochs.iter().map(|e| e.val_loss).collect();
+            (steps.model.params, train_losses, val_losses)
+        };
+        let (wa, ta, va) = train_with(&val_a);
+        let (wb, tb, vb) = train_with(&val_b);
+        assert_eq!(wa, wb);
+        assert_eq!(ta, tb);
+        assert_ne!(
+            va, vb,
+            "the validation streams must differ for the test to mean anything"
+        );
+    }
+}
