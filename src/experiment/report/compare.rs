@@ -79,15 +79,22 @@ fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String
             };
             let ((pd, pp), (ad, ap)) = (show(&ppl, 1.0), show(&acc, 100.0));
             let (l, b0) = (&labels[i], &labels[0]);
-            let verdict = match ppl {
+            let mut verdict = match ppl {
                 Some(d) if d.p_value < SIGNIFICANCE && d.diff < 0.0 => {
                     format!("{l} beats {b0} (lower PPL)")
                 }
                 Some(d) if d.p_value < SIGNIFICANCE => format!("{b0} beats {l} (lower PPL)"),
-                Some(_) => "no difference beyond seed noise".to_string(),
+                Some(_) => "PPL: no difference beyond seed noise".to_string(),
                 None if pairs.len() < 2 => "untestable: needs 2+ seeds (`replicates`)".to_string(),
                 None => "untestable: identical pairs".to_string(),
             };
+            if let Some(d) = acc.filter(|d| d.p_value < SIGNIFICANCE) {
+                let (hi, lo) = if d.diff > 0.0 { (l, b0) } else { (b0, l) };
+                verdict += &format!(
+                    "; Val Acc higher for {hi} than {lo} (only {} pairs: a fragile test)",
+                    pairs.len()
+                );
+            }
             any = true;
             md += &format!(
                 "| {l} vs {b0}, {} samples | {} | {pd} | {pp} | {ad} | {ap} | {verdict} |\n",
