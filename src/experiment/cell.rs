@@ -85,3 +85,29 @@ pub fn summary_line(r: &CellResult) -> String {
         r.seconds.total()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device that cannot run here is refused before anything is read or
+    /// written (without the cuda feature: the rebuild hint; with it but no
+    /// driver: the driver message).
+    #[test]
+    fn an_unusable_device_is_refused_before_any_file_is_written() {
+        let cfg = Config {
+            device: "cuda".into(),
+            ..Config::default()
+        };
+        let Err(want) = crate::models::check_device(&cfg) else {
+            eprintln!("skipped: this machine can run device = \"cuda\"");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("newllm-nodevice-{}", std::process::id()));
+        let err = run_cell(ModelKind::NewLlm, &cfg, 1, &dir, &dir).unwrap_err();
+        assert_eq!(err.to_string(), want.to_string());
+        assert!(!dir.exists(), "nothing is written before the device check");
+        let err = crate::bench::run(&cfg, 8, 2).unwrap_err();
+        assert_eq!(err.to_string(), want.to_string());
+    }
+}

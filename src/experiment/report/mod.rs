@@ -1,8 +1,11 @@
 //! The generated analysis (ALGORITHM.md section 7): the sweep report
-//! (`sweep.rs`), the side-by-side comparison (`compare.rs`), the per-cell
-//! diagnostics they draw on (`diagnostics.rs`) and the shared sentences
-//! (`wording.rs`).
+//! (`sweep.rs`: conditions, summary, timings, epochs; `analysis.rs`: the
+//! seed document's analysis sections; `baselines.rs`: New-LLM against the
+//! standard models), the side-by-side comparison (`compare.rs`), the
+//! per-cell diagnostics they draw on (`diagnostics.rs`) and the shared
+//! sentences (`wording.rs`).
 
+pub mod analysis;
 pub mod baselines;
 pub mod compare;
 pub mod diagnostics;
