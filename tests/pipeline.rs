@@ -356,6 +356,18 @@ fn a_cell_that_cannot_fit_in_memory_refuses_up_front() {
         !CellPaths::new(&dir, ModelKind::NewLlm, 4, 0).log.exists(),
         "refused before Phase 1 started"
     );
+    // A model too wide to build: 50,257 x 2^22 embedding floats (800 GiB).
+    // Allocating it first would abort the test process; the refusal comes
+    // from the config alone.
+    let wide = Config {
+        embed_dim: 1 << 22,
+        context_dim: 1 << 22,
+        ..tiny(write_corpus(&dir, 6))
+    };
+    let err = run_cell(ModelKind::NewLlm, &wide, 4, &dir, &dir.join("cache"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("this cell needs about"), "{err}");
 }
 
 /// Every model's JSON without the fields that measure the machine, not the run.

@@ -173,7 +173,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     ));
     drop(lm);
 
-    let predicted = predict_peak_bytes(&model, n500, m500);
+    let predicted = predict_peak_bytes(&model.cfg, n500, m500);
     eprintln!(
         "seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}",
         gib(predicted)

@@ -174,7 +174,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     dev.sample_memory();
     eprintln!("bench: peak GPU memory in use {}", gib(dev.peak_bytes()));
     let (n500, m500) = SEED_500_CELL_TOKENS;
-    let predicted = predict_peak_bytes(&model, n500, m500);
+    let predicted = predict_peak_bytes(&model.cfg, n500, m500);
     Ok(BenchReport {
         threads: 0,
         gemm_peak_gflops: peak,

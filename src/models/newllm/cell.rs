@@ -75,6 +75,18 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     let _ = std::fs::remove_file(&paths.log);
     let mut secs = StageSeconds::default();
 
+    let (n, m) = (split.train.len(), split.val.len());
+    // Predicted from the config, before the model or any buffer exists.
+    let predicted = predict_peak_bytes(cfg, n, m);
+    eprintln!(
+        "cell {samples} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}",
+        threads,
+        gib(predicted)
+    );
+    refuse_if_too_big(
+        predicted,
+        "use fewer samples, a smaller embed_dim / context_dim / phase1_batch_size / phase2_batch_size, or a machine with more memory",
+    )?;
     let t = Instant::now();
     let embedding = if cfg.pretrained_embeddings.is_empty() {
         None
@@ -86,19 +98,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         )?)
     };
     secs.data = t.elapsed().as_secs_f64();
-    let (n, m) = (split.train.len(), split.val.len());
-
     let mut model = Model::new(cfg, embedding)?;
-    let predicted = predict_peak_bytes(&model, n, m);
-    eprintln!(
-        "cell {samples} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}",
-        threads,
-        gib(predicted)
-    );
-    refuse_if_too_big(
-        predicted,
-        "use fewer samples, a smaller phase1_batch_size / phase2_batch_size, or a machine with more memory",
-    )?;
     let log = paths.log.clone();
 
     // ---- Phase 1

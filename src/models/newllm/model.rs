@@ -367,32 +367,68 @@ impl BlockActs {
     }
 }
 
-/// Parameters of the ContextBlock and of the TokenBlock without its head,
-/// from the config alone (what `Model::new` lays out, nothing allocated):
-/// per layer W [out, in_a + in_b] and its bias, the residual projection
-/// when the residual width differs from out, and the LayerNorm.
-pub fn block_param_counts(cfg: &Config) -> (usize, usize) {
-    let layer = |in_a: usize, in_b: usize, out: usize, res_in: usize| {
-        out * (in_a + in_b) + out + if res_in != out { out * res_in + out } else { 0 } + 2 * out
-    };
+/// One layer's widths as `Model::new` lays it out: inputs a and b, output,
+/// and the residual input (a for ContextLayers, b for TokenLayers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    pub in_a: usize,
+    pub in_b: usize,
+    pub out: usize,
+    pub res_in: usize,
+}
+
+impl LayerShape {
+    /// W [out, in_a + in_b] and bias, the residual projection when the
+    /// residual width differs from out, and the LayerNorm.
+    pub fn params(&self) -> usize {
+        let proj = if self.res_in != self.out {
+            self.out * self.res_in + self.out
+        } else {
+            0
+        };
+        self.out * (self.in_a + self.in_b) + self.out + proj + 2 * self.out
+    }
+}
+
+/// Every layer of the ContextBlock and of the TokenBlock, from the config
+/// alone, so sizes can be known before anything is allocated.
+pub fn layer_shapes(cfg: &Config) -> (Vec<LayerShape>, Vec<LayerShape>) {
     let (ke, cdims) = (cfg.token_input_dim(), cfg.context_dims());
-    let ctx: usize = (0..cfg.num_layers)
+    let context = (0..cfg.num_layers)
         .map(|i| {
-            let (in_c, tok, out) = if cfg.token_input_all_layers {
+            let (in_a, in_b, out) = if cfg.token_input_all_layers {
                 (cfg.context_dim, ke, cfg.context_dim)
             } else if i == 0 {
                 (cfg.context_dim, ke, cdims[1])
             } else {
                 (cdims[i], 0, cdims[i + 1])
             };
-            layer(in_c, tok, out, in_c)
+            LayerShape {
+                in_a,
+                in_b,
+                out,
+                res_in: in_a,
+            }
         })
-        .sum();
+        .collect();
     let (tdims, ctx_out) = (cfg.token_dims(), cfg.context_layer_output_dims());
-    let tok: usize = (0..cfg.num_layers)
-        .map(|i| layer(ctx_out[i], tdims[i], tdims[i + 1], tdims[i]))
-        .sum();
-    (ctx, tok)
+    let token = (0..cfg.num_layers)
+        .map(|i| LayerShape {
+            in_a: ctx_out[i],
+            in_b: tdims[i],
+            out: tdims[i + 1],
+            res_in: tdims[i],
+        })
+        .collect();
+    (context, token)
+}
+
+/// Parameters of the ContextBlock and of the TokenBlock without its head,
+/// from the config alone.
+pub fn block_param_counts(cfg: &Config) -> (usize, usize) {
+    let (context, token) = layer_shapes(cfg);
+    let sum = |v: &[LayerShape]| v.iter().map(LayerShape::params).sum();
+    (sum(&context), sum(&token))
 }
 
 /// The model. The embedding and embed_norm are frozen in both phases, so the
@@ -419,7 +455,7 @@ impl Model {
     /// `embedding`: a pretrained V x E table, or None for N(0, 0.02).
     pub fn new(cfg: &Config, embedding: Option<Vec<f32>>) -> Result<Model> {
         cfg.validate()?;
-        let (v, e, ke) = (cfg.vocab_size, cfg.embed_dim, cfg.token_input_dim());
+        let (v, e) = (cfg.vocab_size, cfg.embed_dim);
         let mut rng = Rng::new(cfg.seed);
         let embedding = match embedding {
             Some(t) => {
@@ -434,43 +470,34 @@ impl Model {
                 t
             }
         };
+        let (context_shapes, token_shapes) = layer_shapes(cfg);
         let mut context = Block::default();
-        let cdims = cfg.context_dims();
-        for i in 0..cfg.num_layers {
+        for (i, l) in context_shapes.iter().enumerate() {
             let prefix = format!("context_block.layers.{i}");
-            let (in_c, tok, out) = if cfg.token_input_all_layers {
-                (cfg.context_dim, ke, cfg.context_dim)
-            } else if i == 0 {
-                (cfg.context_dim, ke, cdims[1])
-            } else {
-                (cdims[i], 0, cdims[i + 1])
-            };
-            let l = Layer::new(
+            let layer = Layer::new(
                 &mut context.params,
                 &prefix,
                 "context_norm",
-                in_c,
-                tok,
-                out,
+                l.in_a,
+                l.in_b,
+                l.out,
                 true,
             );
-            context.layers.push(l);
+            context.layers.push(layer);
         }
         let mut token = Block::default();
-        let tdims = cfg.token_dims();
-        let ctx_out = cfg.context_layer_output_dims();
-        for i in 0..cfg.num_layers {
+        for (i, l) in token_shapes.iter().enumerate() {
             let prefix = format!("token_block.layers.{i}");
-            let l = Layer::new(
+            let layer = Layer::new(
                 &mut token.params,
                 &prefix,
                 "token_norm",
-                ctx_out[i],
-                tdims[i],
-                tdims[i + 1],
+                l.in_a,
+                l.in_b,
+                l.out,
                 false,
             );
-            token.layers.push(l);
+            token.layers.push(layer);
         }
         let head_w = token.params.add("token_output.weight".into(), vec![v, e]);
         let head_b = token.params.add("token_output.bias".into(), vec![v]);
@@ -792,6 +819,30 @@ mod tests {
             num_input_tokens: k,
             token_input_all_layers: all_layers,
             ..Config::default()
+        }
+    }
+
+    /// The memory module's activation size, from the config alone, is what
+    /// `BlockActs::new` allocates.
+    #[test]
+    fn activation_bytes_from_the_config_match_the_buffers() {
+        for (all_layers, k) in [(false, 1), (true, 1), (false, 2), (true, 2)] {
+            let cfg = tiny(all_layers, k);
+            let m = Model::new(&cfg, None).unwrap();
+            let (ctx, tok) = layer_shapes(&cfg);
+            for (block, shapes) in [(&m.context, ctx), (&m.token, tok)] {
+                let a = BlockActs::new(block, 7);
+                let floats: usize = a
+                    .layers
+                    .iter()
+                    .map(|l| l.h.len() + l.xhat.len() + l.rstd.len() + l.y.len())
+                    .sum::<usize>()
+                    + a.d_a.len()
+                    + a.d_b.len()
+                    + a.dz.len();
+                let predicted = crate::models::newllm::memory::block_acts_bytes(&shapes, 7);
+                assert_eq!(predicted, 4 * floats as u64, "{all_layers} {k}");
+            }
         }
     }
 
