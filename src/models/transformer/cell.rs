@@ -212,11 +212,12 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     })
 }
 
-/// The weights under GPT-2's names, with the config, as safetensors.
+/// The weights under GPT-2's names (which say what model it is), with the
+/// config, as safetensors. One metadata key only: safetensors writes a
+/// HashMap's keys in its random order, and the bytes must not depend on it.
 fn save_checkpoint(model: &Transformer, cfg: &Config, path: &std::path::Path) -> Result<()> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("config".to_string(), serde_json::to_string(cfg)?);
-    meta.insert("model".to_string(), "transformer".to_string());
     save_safetensors(path, &model.named_params(), meta)
 }
 
