@@ -148,13 +148,7 @@ pub fn run_sweep(
             eprintln!("{}", summary_line(&res));
         }
     }
-    let missing: Vec<String> = cfg
-        .sample_counts
-        .iter()
-        .flat_map(|&s| jobs.iter().map(move |&(m, r)| (s, m, r)))
-        .filter(|&(s, m, r)| finished_cell(dir, cfg, m, s, r).is_none())
-        .map(|(s, m, r)| format!("{} {s} samples replicate {r}", m.name()))
-        .collect();
+    let (done, missing) = finished_runs(dir, cfg);
     if !missing.is_empty() {
         eprintln!(
             "still to run: {}; `newllm report {}` merges what is there",
@@ -163,7 +157,22 @@ pub fn run_sweep(
         );
         return Ok(None);
     }
-    report_dir(dir).map(Some)
+    write_results(dir, cfg, &done).map(Some)
+}
+
+/// Every finished run of `cfg` in `dir` (each result file read once), and
+/// the runs still missing, named.
+fn finished_runs(dir: &Path, cfg: &Config) -> (Vec<CellResult>, Vec<String>) {
+    let (mut done, mut missing) = (Vec::new(), Vec::new());
+    for &s in &cfg.sample_counts {
+        for (m, r) in cell_jobs(cfg) {
+            match finished_cell(dir, cfg, m, s, r) {
+                Some(c) => done.push(c),
+                None => missing.push(format!("{} {s} samples replicate {r}", m.name())),
+            }
+        }
+    }
+    (done, missing)
 }
 
 /// Merges the finished cells in `dir` into results.json and report.md.
@@ -177,21 +186,23 @@ pub fn report_dir(dir: &Path) -> Result<SweepResults> {
     })?;
     let cfg: Config = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a newllm config", path.display()))?;
-    let jobs = cell_jobs(&cfg);
-    let cells: Vec<CellResult> = cfg
-        .sample_counts
-        .iter()
-        .flat_map(|&s| jobs.iter().map(move |&(m, r)| (s, m, r)))
-        .filter_map(|(s, m, r)| finished_cell(dir, &cfg, m, s, r))
-        .collect();
+    let (cells, missing) = finished_runs(dir, &cfg);
     if !cells.iter().any(|c| c.model == ModelKind::NewLlm.name()) {
         bail!("{} has no finished New-LLM cells yet", dir.display());
     }
-    let expected = cfg.sample_counts.len() * jobs.len();
-    if cells.len() < expected {
-        eprintln!("report covers {} of {expected} runs", cells.len());
+    if !missing.is_empty() {
+        eprintln!(
+            "report covers {} of {} runs",
+            cells.len(),
+            cells.len() + missing.len()
+        );
     }
-    let results = analyse(&cfg, &cells);
+    write_results(dir, &cfg, &cells)
+}
+
+/// Analyses the runs and writes results.json and report.md.
+fn write_results(dir: &Path, cfg: &Config, runs: &[CellResult]) -> Result<SweepResults> {
+    let results = analyse(cfg, runs);
     write_atomic(
         &dir.join("results.json"),
         serde_json::to_string_pretty(&results)?.as_bytes(),
