@@ -96,6 +96,12 @@ pub struct Config {
     /// device = "cuda" only: let cuBLAS use TF32 tensor cores for the GEMMs
     /// (faster, ~1e-3 relative error; off keeps f32 parity with the CPU).
     pub cuda_allow_tf32: bool,
+    /// How often a cell's resumable state is written: 0 = at every safe
+    /// point (after each Phase-1 iteration, each cache, each epoch); T > 0 =
+    /// at a safe point only when T seconds have passed since the last write.
+    /// A stop signal always writes. Measured cost at every safe point: see
+    /// BENCHMARKS.md ("resume state").
+    pub state_interval_seconds: f64,
 
     // ---- baselines and replicates (the report's "compared with what?" and
     // "is it more than noise?")
@@ -160,6 +166,7 @@ impl Default for Config {
             threads: 0,
             device: "cpu".to_string(),
             cuda_allow_tf32: false,
+            state_interval_seconds: 0.0,
             baselines: vec!["kn".to_string(), "transformer".to_string()],
             replicates: 2,
             kn_order: 4,
@@ -272,6 +279,12 @@ impl Config {
                 "config field transformer_dim ({}) must be a multiple of transformer_heads ({})",
                 self.transformer_dim,
                 self.transformer_heads
+            );
+        }
+        if !(self.state_interval_seconds >= 0.0 && self.state_interval_seconds.is_finite()) {
+            bail!(
+                "config field state_interval_seconds must be 0 (every safe point) or a positive number of seconds, got {}",
+                self.state_interval_seconds
             );
         }
         if self.sample_counts.is_empty() || self.sample_counts.contains(&0) {

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod cell_result;
+pub mod claim;
 pub mod config;
 pub mod data;
 pub mod experiment;
@@ -20,4 +21,6 @@ pub mod models;
 pub mod ops;
 pub mod progress;
 pub mod rng;
+pub mod state;
+pub mod stop;
 pub mod train_loop;

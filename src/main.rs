@@ -200,12 +200,24 @@ fn print_sweep(r: &SweepResults, dir: &std::path::Path) {
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
+        // A clean stop on a signal: one line, and the status a requeue
+        // script looks for.
+        if let Some(stopped) = e.downcast_ref::<newllm::stop::Stopped>() {
+            eprintln!("{stopped}");
+            std::process::exit(newllm::stop::EXIT_STOPPED);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(
+        cli.cmd,
+        Cmd::Train { .. } | Cmd::Sweep { .. } | Cmd::Compare { .. }
+    ) {
+        newllm::stop::install()?;
+    }
     match cli.cmd {
         Cmd::Train {
             run,

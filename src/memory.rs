@@ -39,3 +39,31 @@ pub fn refuse_if_too_big(predicted: u64, advice: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Free bytes on the filesystem holding `path` (its directory), if known.
+pub fn available_disk(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct it is given; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Refuses a cell whose resumable state cannot fit on the disk of `path`.
+pub fn refuse_if_disk_too_small(path: &std::path::Path, needed: u64) -> Result<()> {
+    if let Some(free) = available_disk(path) {
+        if needed > free {
+            bail!(
+                "this cell's resume state needs about {} on disk next to {} but only {} is free; free some space, use another --out, or use fewer samples",
+                gib(needed),
+                path.display(),
+                gib(free)
+            );
+        }
+    }
+    Ok(())
+}

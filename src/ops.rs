@@ -619,6 +619,7 @@ pub fn clip_grad_norm(grad: &mut [f32], clip: f64) -> f64 {
 
 /// Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
 /// Every parameter is stepped every step, also where its gradient is zero.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Adam {
     pub lr: f64,
     pub m: Vec<f32>,

@@ -1,6 +1,8 @@
 //! A small seeded generator (SplitMix64 seeding, xoshiro256++ stream,
 //! Box-Muller normals), so runs are reproducible without torch's RNG.
 
+/// Serializable, so a resumed run continues the same stream.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     s: [u64; 4],
     spare: Option<f64>,

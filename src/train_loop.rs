@@ -16,38 +16,55 @@ pub trait EpochSteps {
     fn evaluate(&mut self) -> Result<(f64, usize)>;
     /// Keeps the current weights as the best so far.
     fn keep_best(&mut self) -> Result<()>;
+    /// After each epoch and its decisions: the log, progress output and the
+    /// cell's resumable state.
+    fn end_epoch(&mut self, progress: &EpochProgress) -> Result<()>;
 }
 
-/// The epochs as run, with the early-stopping decisions.
-pub struct EpochLog {
+/// The epochs so far with the early-stopping decisions: what the log shows
+/// and what a resumed loop continues from.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochProgress {
     pub epochs: Vec<Epoch>,
+    /// 1-based; 0 before the first epoch.
     pub best_epoch: usize,
-    pub stop_epoch: usize,
+    /// Epochs since the best one.
+    pub since_best: usize,
     pub early_stopped: bool,
+}
+
+impl EpochProgress {
+    pub fn stop_epoch(&self) -> usize {
+        self.epochs.len()
+    }
 }
 
 /// Trains epoch after epoch, validating after each; best = strictly lower
 /// validation loss; stops after `patience` epochs without improvement
-/// (0 = never) or after `max_epochs`. `stage` names the run in errors.
+/// (0 = never) or after `max_epochs`. Starts fresh or continues `resumed`.
+/// `stage` names the run in errors.
 pub fn run_epochs(
     stage: &str,
     max_epochs: usize,
     patience: usize,
     val_positions: usize,
     steps: &mut dyn EpochSteps,
-    on_epoch: &mut dyn FnMut(&Epoch),
-) -> Result<EpochLog> {
-    let mut epochs: Vec<Epoch> = Vec::new();
-    let (mut best_epoch, mut best_loss, mut since_best) = (0, f64::INFINITY, 0);
-    let mut early_stopped = false;
-    for epoch in 1..=max_epochs {
+    resumed: Option<EpochProgress>,
+) -> Result<EpochProgress> {
+    let mut p = resumed.unwrap_or_default();
+    let mut best_loss = match p.best_epoch {
+        0 => f64::INFINITY,
+        b => p.epochs[b - 1].val_loss,
+    };
+    while !p.early_stopped && p.epochs.len() < max_epochs {
+        let epoch = p.epochs.len() + 1;
         let t0 = Instant::now();
         let train_loss = steps.train_epoch(epoch)?;
         let (val_loss, correct) = steps.evaluate()?;
         if !val_loss.is_finite() {
             bail!("{stage} diverged at epoch {epoch}: validation loss {val_loss}");
         }
-        let e = Epoch {
+        p.epochs.push(Epoch {
             epoch,
             train_loss,
             train_ppl: train_loss.exp(),
@@ -55,29 +72,19 @@ pub fn run_epochs(
             val_ppl: val_loss.exp(),
             val_acc: correct as f64 / val_positions as f64,
             seconds: t0.elapsed().as_secs_f64(),
-        };
-        on_epoch(&e);
-        epochs.push(e);
+        });
         if val_loss < best_loss {
             best_loss = val_loss;
-            best_epoch = epoch;
-            since_best = 0;
+            p.best_epoch = epoch;
+            p.since_best = 0;
             steps.keep_best()?;
         } else {
-            since_best += 1;
-            if patience > 0 && since_best >= patience {
-                early_stopped = true;
-                break;
-            }
+            p.since_best += 1;
+            p.early_stopped = patience > 0 && p.since_best >= patience;
         }
+        steps.end_epoch(&p)?;
     }
-    let stop_epoch = epochs.len();
-    Ok(EpochLog {
-        epochs,
-        best_epoch,
-        stop_epoch,
-        early_stopped,
-    })
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -90,6 +97,7 @@ mod tests {
         val: Vec<f64>,
         trained: Vec<usize>,
         kept: Vec<usize>,
+        ended: Vec<EpochProgress>,
     }
 
     impl Script {
@@ -98,6 +106,7 @@ mod tests {
                 val: val.to_vec(),
                 trained: Vec::new(),
                 kept: Vec::new(),
+                ended: Vec::new(),
             }
         }
     }
@@ -115,16 +124,38 @@ mod tests {
             self.kept.push(*self.trained.last().unwrap());
             Ok(())
         }
+        fn end_epoch(&mut self, progress: &EpochProgress) -> Result<()> {
+            self.ended.push(progress.clone());
+            Ok(())
+        }
     }
 
-    fn run(val: &[f64], max_epochs: usize, patience: usize) -> (Script, EpochLog) {
+    fn run(val: &[f64], max_epochs: usize, patience: usize) -> (Script, EpochProgress) {
         let mut s = Script::new(val);
-        let mut seen = Vec::new();
-        let log = run_epochs("Stage X", max_epochs, patience, 10, &mut s, &mut |e| {
-            seen.push(e.epoch)
-        })
-        .unwrap();
-        assert_eq!(seen, s.trained, "on_epoch sees every epoch run, in order");
+        let log = run_epochs("Stage X", max_epochs, patience, 10, &mut s, None).unwrap();
+        let seen: Vec<usize> = s.ended.iter().map(|p| p.stop_epoch()).collect();
+        assert_eq!(seen, s.trained, "end_epoch sees every epoch run, in order");
+        assert_eq!(s.ended.last(), Some(&log));
+        // resumed from any epoch's progress, the loop ends where it did
+        for p in &s.ended {
+            let mut again = Script::new(val);
+            let resumed = run_epochs(
+                "Stage X",
+                max_epochs,
+                patience,
+                10,
+                &mut again,
+                Some(p.clone()),
+            );
+            let want: Vec<usize> = s.trained[p.stop_epoch()..].to_vec();
+            assert_eq!(again.trained, want);
+            let r = resumed.unwrap();
+            assert_eq!(
+                (r.best_epoch, r.since_best, r.early_stopped),
+                (log.best_epoch, log.since_best, log.early_stopped)
+            );
+            assert_eq!(r.stop_epoch(), log.stop_epoch());
+        }
         (s, log)
     }
 
@@ -134,7 +165,7 @@ mod tests {
         assert_eq!(s.trained, vec![1, 2, 3]);
         assert_eq!(s.kept, vec![1, 2]);
         assert_eq!(log.best_epoch, 2);
-        assert_eq!(log.stop_epoch, 3);
+        assert_eq!(log.stop_epoch(), 3);
         assert!(log.early_stopped);
         assert_eq!(log.epochs.len(), 3);
     }
@@ -146,7 +177,7 @@ mod tests {
         assert_eq!(s.trained, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(s.kept, vec![1, 2, 4]);
         assert_eq!(log.best_epoch, 4);
-        assert_eq!(log.stop_epoch, 6);
+        assert_eq!(log.stop_epoch(), 6);
         assert!(log.early_stopped);
     }
 
@@ -156,7 +187,7 @@ mod tests {
         assert_eq!(s.trained, vec![1, 2, 3, 4]);
         assert_eq!(s.kept, vec![1]);
         assert_eq!(log.best_epoch, 1);
-        assert_eq!(log.stop_epoch, 4);
+        assert_eq!(log.stop_epoch(), 4);
         assert!(!log.early_stopped);
     }
 
@@ -164,7 +195,7 @@ mod tests {
     fn running_out_of_epochs_is_not_an_early_stop() {
         let (s, log) = run(&[3.0, 2.0, 1.0], 3, 1);
         assert_eq!(s.kept, vec![1, 2, 3]);
-        assert_eq!((log.best_epoch, log.stop_epoch), (3, 3));
+        assert_eq!((log.best_epoch, log.stop_epoch()), (3, 3));
         assert!(!log.early_stopped);
     }
 
@@ -174,7 +205,7 @@ mod tests {
         assert_eq!(s.trained, vec![1, 2]);
         assert_eq!(s.kept, vec![1]);
         assert_eq!(log.best_epoch, 1);
-        assert_eq!(log.stop_epoch, 2);
+        assert_eq!(log.stop_epoch(), 2);
         assert!(log.early_stopped);
     }
 
@@ -195,9 +226,8 @@ mod tests {
     fn a_non_finite_validation_loss_is_an_error_naming_stage_and_epoch() {
         for bad in [f64::NAN, f64::INFINITY] {
             let mut s = Script::new(&[3.0, 2.0, bad, 1.0]);
-            let err = run_epochs("Stage X", 4, 0, 10, &mut s, &mut |_| {})
-                .err()
-                .expect("divergence must be an error")
+            let err = run_epochs("Stage X", 4, 0, 10, &mut s, None)
+                .expect_err("divergence must be an error")
                 .to_string();
             assert!(err.starts_with("Stage X diverged at epoch 3"), "{err}");
             assert_eq!(s.trained, vec![1, 2, 3], "nothing runs after it");

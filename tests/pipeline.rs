@@ -73,7 +73,7 @@ fn train_with_val(val: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
     };
     let train: Vec<u32> = (0..120).map(|i| (i * 7 % 50) as u32).collect();
     let mut model = Model::new(&cfg, None).unwrap();
-    let p1 = phase1::run(&mut model, &train, None, &mut |_| {}).unwrap();
+    let p1 = phase1::run(&mut model, &train, None, None, &mut |_, _| Ok(())).unwrap();
     let src = train_cache(&model, &train, &p1.prev, cfg.train_cache);
     let val_src = sequential_pass(&model, val, val.len() - 1);
     let ts = Stream {
@@ -84,8 +84,8 @@ fn train_with_val(val: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
         ids: val,
         src: &val_src,
     };
-    let p2 = phase2::run(&mut model, &ts, &vs, &mut |_| {}).unwrap();
-    let train_losses = p2.epochs.iter().map(|e| e.train_loss).collect();
+    let p2 = phase2::run(&mut model, &ts, &vs, None, &mut |_, _| Ok(())).unwrap();
+    let train_losses = p2.progress.epochs.iter().map(|e| e.train_loss).collect();
     (
         model.context.params.data.clone(),
         model.token.params.data.clone(),

@@ -2,6 +2,7 @@
 //! check it, hand it to a model, and write the result atomically.
 
 use crate::cell_result::CellResult;
+use crate::claim::Claim;
 use crate::config::Config;
 use crate::data::{load_split, Split};
 use crate::io::write_atomic;
@@ -20,7 +21,11 @@ pub fn load_cell_split(cfg: &Config, samples: usize, cache_dir: &Path) -> Result
 }
 
 /// Trains replicate `replicate` of `model` on a loaded split and writes its
-/// result to `dir`; `load_seconds` is added to the result's data stage.
+/// result to `dir`; `load_seconds` is added to the result's data stage. The
+/// run is claimed first (one live process per run), and continues from its
+/// state if an interrupted run left one; once the result is written the
+/// state and the claim are removed. `finished` (the sweep's) returns a
+/// result another process wrote before the claim, which is then kept.
 pub fn run_model_cell(
     model: ModelKind,
     cfg: &Config,
@@ -28,8 +33,19 @@ pub fn run_model_cell(
     split: &Split,
     dir: &Path,
     load_seconds: f64,
+    finished: Option<&dyn Fn() -> Option<CellResult>>,
 ) -> Result<CellResult> {
     let paths = CellPaths::new(dir, model, split.samples, replicate);
+    let what = format!(
+        "cell {} samples ({} replicate {replicate})",
+        split.samples,
+        model.name()
+    );
+    let claim = Claim::take(&paths.claim, &what)?;
+    if let Some(done) = finished.and_then(|f| f()) {
+        claim.release();
+        return Ok(done);
+    }
     let run_cfg = replicate_config(cfg, replicate);
     let mut result = models::run_cell(model, &run_cfg, split.samples, split, &paths)?;
     result.replicate = replicate;
@@ -39,6 +55,8 @@ pub fn run_model_cell(
         &paths.result,
         serde_json::to_string_pretty(&result)?.as_bytes(),
     )?;
+    crate::state::remove(&paths.state)?;
+    claim.release();
     Ok(result)
 }
 
@@ -56,7 +74,7 @@ pub fn run_cell(
     models::check_device(cfg)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (split, load_seconds) = load_cell_split(cfg, samples, cache_dir)?;
-    run_model_cell(model, cfg, 0, &split, dir, load_seconds)
+    run_model_cell(model, cfg, 0, &split, dir, load_seconds, None)
 }
 
 /// One line per cell, like the seed's summary table (ER where the model has it).

@@ -15,11 +15,13 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The config with the fields that do not change results blanked, for the
-/// "same experiment?" check (thread count and device may differ per process).
+/// "same experiment?" check (thread count, device and state interval may
+/// differ per process).
 fn experiment_identity(cfg: &Config) -> Config {
     Config {
         threads: 0,
         device: String::new(),
+        state_interval_seconds: 0.0,
         ..cfg.clone()
     }
 }
@@ -143,7 +145,8 @@ pub fn run_sweep(
         let (split, load_seconds) =
             load_cell_split(cfg, samples, cache_dir).with_context(|| failed("data".into()))?;
         for (model, r) in todo {
-            let res = run_model_cell(model, cfg, r, &split, dir, load_seconds)
+            let finished = || finished_cell(dir, cfg, model, samples, r);
+            let res = run_model_cell(model, cfg, r, &split, dir, load_seconds, Some(&finished))
                 .with_context(|| failed(format!("{} replicate {r}", model.name())))?;
             eprintln!("{}", summary_line(&res));
         }

@@ -76,11 +76,15 @@ pub fn replicate_config(cfg: &Config, replicate: usize) -> Config {
 }
 
 /// Where a cell writes: `DIR/[MODEL-]cell-<samples>[-r<replicate>].{log.jsonl,
-/// safetensors,json}` (New-LLM's replicate 0 keeps the plain `cell-<samples>`).
+/// safetensors,json,state,claim}` (New-LLM's replicate 0 keeps the plain `cell-<samples>`).
 pub struct CellPaths {
     pub log: PathBuf,
     pub checkpoint: PathBuf,
     pub result: PathBuf,
+    /// The resumable state while the run is unfinished (state.rs).
+    pub state: PathBuf,
+    /// Held by the process computing the run (claim.rs).
+    pub claim: PathBuf,
 }
 
 impl CellPaths {
@@ -99,6 +103,8 @@ impl CellPaths {
             log: dir.join(format!("{stem}.log.jsonl")),
             checkpoint: dir.join(format!("{stem}.safetensors")),
             result: dir.join(format!("{stem}.json")),
+            state: dir.join(format!("{stem}.state")),
+            claim: dir.join(format!("{stem}.claim")),
         }
     }
 }

@@ -1,35 +1,27 @@
 //! One New-LLM cell on a given train/validation split: Phase 1 -> caches ->
 //! Effective Rank -> Phase 2 -> checkpoint, with per-stage timing, an
-//! on-disk log written as it goes, and a memory estimate checked before
-//! anything large is made.
+//! on-disk log written as it goes, a memory and disk estimate checked before
+//! anything large is made, and a resumable state at every safe point (after
+//! each Phase-1 iteration, each cache, each epoch; resume.rs) from which a
+//! rerun continues exactly.
 
 use super::checkpoint::save_checkpoint;
 use super::engine::{self, Engine};
-use super::memory::predict_peak_bytes;
+use super::memory::{predict_peak_bytes, predict_state_bytes};
 use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
+use super::resume::{restore, Meta, Saved, Stage, StageSeconds};
 use crate::cell_result::{CellResult, NewLlmResult, Timings};
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
-use crate::io::log_line;
-use crate::memory::{gib, peak_rss, refuse_if_too_big};
+use crate::io::{log_line, rewrite_log};
+use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::CellPaths;
+use crate::state::{self, Fingerprint, Found, Saver};
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
-
-/// Wall-clock seconds of each stage of a New-LLM cell.
-#[derive(Default)]
-struct StageSeconds {
-    data: f64,
-    phase1: f64,
-    train_cache: f64,
-    val_cache: f64,
-    effective_rank: f64,
-    phase2: f64,
-    total: f64,
-}
 
 impl StageSeconds {
     /// In the order the stages run, as the result files have always listed them.
@@ -42,6 +34,7 @@ impl StageSeconds {
                 ("val_cache", self.val_cache),
                 ("effective_rank", self.effective_rank),
                 ("phase2", self.phase2),
+                ("state_write", self.state_write),
                 ("total", self.total),
             ]
             .iter()
@@ -59,8 +52,35 @@ pub fn phase2_flops_per_token(ctx: usize, tok: usize, head: usize) -> f64 {
     2.0 * ctx as f64 + 6.0 * (tok + head) as f64
 }
 
-/// Trains and evaluates New-LLM on one split. Prints progress lines; writes
-/// the log and checkpoint to `paths` (the caller writes the result).
+/// The state at `paths.state`, if there is one for this run (a damaged one
+/// is reported and the cell starts over); its weights go into `model`.
+fn read_state(saver: &Saver, model: &mut Model, n: usize, m: usize) -> Result<Option<Saved>> {
+    match state::read(&saver.path, &saver.fingerprint)? {
+        Found::None => Ok(None),
+        Found::Damaged(why) => {
+            eprintln!(
+                "  {} was damaged ({why}); it is removed and the cell starts over",
+                saver.path.display()
+            );
+            Ok(None)
+        }
+        Found::State(l) => {
+            if l.threads != crate::ops::threads() {
+                eprintln!(
+                    "  the state was written with {} threads and this run has {}: its numbers may differ in the last bits from an uninterrupted run",
+                    l.threads,
+                    crate::ops::threads()
+                );
+            }
+            Ok(Some(restore(l, model, n, m)?))
+        }
+    }
+}
+
+/// Trains and evaluates New-LLM on one split, continuing from the cell's
+/// state if a rerun finds one. Prints progress lines; writes the log,
+/// state and checkpoint to `paths` (the caller writes the result and then
+/// removes the state).
 pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Result<CellResult> {
     let t_all = Instant::now();
     let threads = crate::ops::threads();
@@ -72,21 +92,22 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
             split.val.len()
         );
     }
-    let _ = std::fs::remove_file(&paths.log);
-    let mut secs = StageSeconds::default();
-
     let (n, m) = (split.train.len(), split.val.len());
     // Predicted from the config, before the model or any buffer exists.
     let predicted = predict_peak_bytes(cfg, n, m);
+    let state_bytes = predict_state_bytes(cfg, n, m);
     eprintln!(
-        "cell {samples} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}",
+        "cell {samples} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}, resume state up to {} on disk",
         threads,
-        gib(predicted)
+        gib(predicted),
+        gib(state_bytes)
     );
     refuse_if_too_big(
         predicted,
         "use fewer samples, a smaller embed_dim / context_dim / phase1_batch_size / phase2_batch_size, or a machine with more memory",
     )?;
+    // The new state is complete before the old one goes.
+    refuse_if_disk_too_small(&paths.state, 2 * state_bytes)?;
     let t = Instant::now();
     let embedding = if cfg.pretrained_embeddings.is_empty() {
         None
@@ -97,54 +118,163 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
             cfg.embed_dim,
         )?)
     };
-    secs.data = t.elapsed().as_secs_f64();
+    let data_seconds = t.elapsed().as_secs_f64();
     let mut model = Model::new(cfg, embedding)?;
+    let mut saver = Saver::new(
+        paths.state.clone(),
+        Fingerprint::new(cfg, &split.train, &split.val)?,
+        cfg,
+    );
+    let saved = read_state(&saver, &mut model, n, m)?;
     let log = paths.log.clone();
-
-    // ---- Phase 1
-    let t = Instant::now();
-    let p1 = Engine::phase1_run(&mut *engine, &mut model, &split.train, None, &mut |it| {
-        eprintln!(
-            "  phase1 iter {:>2}: loss {:+.5} cvfp {:.5} div {:+.5} conv {:.1}% ({:.1}s)",
-            it.iteration,
-            it.total_loss,
-            it.cvfp_loss,
-            it.diversity_loss,
-            100.0 * it.convergence_rate,
-            it.seconds
-        );
-        let _ = log_line(
-            &log,
-            &serde_json::json!({"stage": "phase1", "iteration": it}),
-        );
-    })
-    .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
-    secs.phase1 = t.elapsed().as_secs_f64();
-
-    // ---- Effective Rank of the train contexts, then the caches
     let c = cfg.context_dim;
-    let t = Instant::now();
-    let (train_er, _, _) = effective_rank(&p1.prev, c, cfg.effective_rank_max_rows, cfg.seed)?;
-    secs.effective_rank = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let train_src = engine.train_cache(&model, &split.train, &p1.prev)?;
-    drop(p1.prev);
-    secs.train_cache = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let val_src = engine.sequential_pass(&model, &split.val, m - 1)?;
-    secs.val_cache = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (val_er, _, _) = effective_rank(&val_src, c, cfg.effective_rank_max_rows, cfg.seed)?;
-    secs.effective_rank += t.elapsed().as_secs_f64();
+    let mut meta = match &saved {
+        Some(s) => {
+            eprintln!(
+                "  resuming from {} (stage {:?}, Phase-1 iteration {}{})",
+                saver.path.display(),
+                s.meta.stage,
+                s.meta.phase1_log.len(),
+                s.meta
+                    .phase2
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(", epoch {}", p.stop_epoch()))
+            );
+            s.meta.clone()
+        }
+        None => Meta {
+            stage: Stage::Phase1,
+            seconds: StageSeconds::default(),
+            phase1_log: Vec::new(),
+            phase1_converged: false,
+            phase1_adam_t: 0,
+            noise: None,
+            train_er: 0.0,
+            val_er: 0.0,
+            phase2: None,
+            phase2_adam_t: 0,
+        },
+    };
+    // The log so far is the state's; lines written after it are redone.
+    let mut lines: Vec<serde_json::Value> = meta
+        .phase1_log
+        .iter()
+        .map(|it| serde_json::json!({"stage": "phase1", "iteration": it}))
+        .collect();
+    for e in meta.phase2.iter().flat_map(|p| &p.epochs) {
+        lines.push(serde_json::json!({"stage": "phase2", "epoch": e}));
+    }
+    rewrite_log(&log, &lines)?;
+    let (mut phase1, mut train_src, mut val_src, mut phase2) = match saved {
+        Some(s) => (s.phase1, s.train_src, s.val_src, s.phase2),
+        None => (None, None, None, None),
+    };
+    let fresh = phase1.is_none() && train_src.is_none();
+    meta.seconds.data += data_seconds;
+    let base = meta.seconds.clone();
+    let total = |secs: &mut StageSeconds| secs.total = base.total + t_all.elapsed().as_secs_f64();
+
+    // ---- Phase 1 (fresh or resumed), then the train ER and cache
+    if fresh || phase1.is_some() {
+        let t = Instant::now();
+        let resume = phase1.take();
+        let p1 = Engine::phase1_run(
+            &mut *engine,
+            &mut model,
+            &split.train,
+            None,
+            resume,
+            &mut |log_so_far, snapshot| {
+                let it = log_so_far.last().expect("a report follows an iteration");
+                eprintln!(
+                    "  phase1 iter {:>2}: loss {:+.5} cvfp {:.5} div {:+.5} conv {:.1}% ({:.1}s)",
+                    it.iteration,
+                    it.total_loss,
+                    it.cvfp_loss,
+                    it.diversity_loss,
+                    100.0 * it.convergence_rate,
+                    it.seconds
+                );
+                log_line(
+                    &log,
+                    &serde_json::json!({"stage": "phase1", "iteration": it}),
+                )?;
+                let Some(s) = snapshot else { return Ok(()) };
+                meta.phase1_log = log_so_far.to_vec();
+                meta.phase1_adam_t = s.adam.t;
+                meta.noise = Some(s.noise.clone());
+                meta.seconds.phase1 = base.phase1 + t.elapsed().as_secs_f64();
+                meta.seconds.state_write = base.state_write + saver.seconds;
+                total(&mut meta.seconds);
+                saver.safe_point(
+                    &format!("phase1-{}", it.iteration),
+                    || Ok(serde_json::to_value(&meta)?),
+                    &[
+                        ("context", s.context_params),
+                        ("phase1_adam_m", &s.adam.m),
+                        ("phase1_adam_v", &s.adam.v),
+                        ("prev", s.prev),
+                    ],
+                )
+            },
+        )
+        .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
+        meta.phase1_log = p1.log;
+        meta.phase1_converged = p1.converged;
+        meta.noise = None;
+        meta.seconds.phase1 = base.phase1 + t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        meta.train_er = effective_rank(&p1.prev, c, cfg.effective_rank_max_rows, cfg.seed)?.0;
+        meta.seconds.effective_rank += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let src = engine.train_cache(&model, &split.train, &p1.prev)?;
+        drop(p1.prev);
+        meta.seconds.train_cache += t.elapsed().as_secs_f64();
+        meta.stage = Stage::TrainCache;
+        meta.seconds.state_write = base.state_write + saver.seconds;
+        total(&mut meta.seconds);
+        saver.safe_point(
+            "train_cache",
+            || Ok(serde_json::to_value(&meta)?),
+            &[("context", &model.context.params.data), ("train_src", &src)],
+        )?;
+        train_src = Some(src);
+    }
+    let train_src = train_src.expect("set by Phase 1 or the state");
+
+    // ---- the validation cache and its ER
+    if val_src.is_none() {
+        let t = Instant::now();
+        let src = engine.sequential_pass(&model, &split.val, m - 1)?;
+        meta.seconds.val_cache += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        meta.val_er = effective_rank(&src, c, cfg.effective_rank_max_rows, cfg.seed)?.0;
+        meta.seconds.effective_rank += t.elapsed().as_secs_f64();
+        meta.stage = Stage::Caches;
+        meta.seconds.state_write = base.state_write + saver.seconds;
+        total(&mut meta.seconds);
+        saver.safe_point(
+            "val_cache",
+            || Ok(serde_json::to_value(&meta)?),
+            &[
+                ("context", &model.context.params.data),
+                ("train_src", &train_src),
+                ("val_src", &src),
+            ],
+        )?;
+        val_src = Some(src);
+    }
+    let val_src = val_src.expect("set by the cache or the state");
+    let (train_er, val_er) = (meta.train_er, meta.val_er);
     eprintln!(
         "  effective rank: train {:.1}% val {:.1}% (caches {:.1}s + {:.1}s)",
         100.0 * train_er / c as f64,
         100.0 * val_er / c as f64,
-        secs.train_cache,
-        secs.val_cache
+        meta.seconds.train_cache,
+        meta.seconds.val_cache
     );
 
-    // ---- Phase 2
+    // ---- Phase 2 (fresh or resumed)
     let t = Instant::now();
     let ts = Stream {
         ids: &split.train,
@@ -154,20 +284,50 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         ids: &split.val,
         src: &val_src,
     };
-    let p2 = Engine::phase2_run(&mut *engine, &mut model, &ts, &vs, &mut |e| {
-        eprintln!(
-            "  phase2 epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
-            e.epoch,
-            e.train_ppl,
-            e.val_ppl,
-            100.0 * e.val_acc,
-            e.seconds
-        );
-        let _ = log_line(&log, &serde_json::json!({"stage": "phase2", "epoch": e}));
-    })
+    let phase2_base = meta.seconds.phase2;
+    let p2 = Engine::phase2_run(
+        &mut *engine,
+        &mut model,
+        &ts,
+        &vs,
+        phase2.take(),
+        &mut |progress, snapshot| {
+            let e = progress.epochs.last().expect("a report follows an epoch");
+            eprintln!(
+                "  phase2 epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
+                e.epoch,
+                e.train_ppl,
+                e.val_ppl,
+                100.0 * e.val_acc,
+                e.seconds
+            );
+            log_line(&log, &serde_json::json!({"stage": "phase2", "epoch": e}))?;
+            let Some(s) = snapshot else { return Ok(()) };
+            meta.stage = Stage::Phase2;
+            meta.phase2 = Some(progress.clone());
+            meta.phase2_adam_t = s.adam.t;
+            meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
+            meta.seconds.state_write = base.state_write + saver.seconds;
+            total(&mut meta.seconds);
+            saver.safe_point(
+                &format!("phase2-{}", e.epoch),
+                || Ok(serde_json::to_value(&meta)?),
+                &[
+                    ("context", s.context_params),
+                    ("train_src", &train_src),
+                    ("val_src", &val_src),
+                    ("token", s.token_params),
+                    ("phase2_adam_m", &s.adam.m),
+                    ("phase2_adam_v", &s.adam.v),
+                    ("best_token", s.best_params),
+                ],
+            )
+        },
+    )
     .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
-    secs.phase2 = t.elapsed().as_secs_f64();
+    meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
     if let Some(peak) = engine.peak_device_bytes() {
+        let secs = &meta.seconds;
         eprintln!(
             "  {}: stages data {:.1}s phase1 {:.1}s train_cache {:.1}s val_cache {:.1}s phase2 {:.1}s | {:.0} train tokens/s in the train cache | peak device memory {}",
             engine.describe(),
@@ -182,12 +342,23 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     }
     model.token.params.data.copy_from_slice(&p2.best_params);
     save_checkpoint(&model, &paths.checkpoint)?;
-    secs.total = t_all.elapsed().as_secs_f64();
+    meta.seconds.state_write = base.state_write + saver.seconds;
+    total(&mut meta.seconds);
+    if saver.writes > 0 {
+        eprintln!(
+            "  resume state: {} writes in {:.2}s ({:.2}% of this run), last {}",
+            saver.writes,
+            saver.seconds,
+            100.0 * saver.seconds / t_all.elapsed().as_secs_f64().max(1e-9),
+            gib(saver.last_bytes)
+        );
+    }
 
     let best = p2.best().clone();
-    let last = p1.log.last().cloned().unwrap_or_default();
+    let last = meta.phase1_log.last().cloned().unwrap_or_default();
     let [ctx, tok, head, _] = model.param_counts();
-    let result = CellResult {
+    let p2 = p2.progress;
+    Ok(CellResult {
         model: "newllm".into(),
         replicate: 0,
         ran_on: engine.describe(),
@@ -198,10 +369,10 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         val_loss: best.val_loss,
         val_acc: best.val_acc,
         best_epoch: p2.best_epoch,
-        stop_epoch: p2.stop_epoch,
+        stop_epoch: p2.stop_epoch(),
         early_stopped: p2.early_stopped,
         epochs: p2.epochs,
-        seconds: secs.timings(),
+        seconds: meta.seconds.timings(),
         threads,
         predicted_peak_bytes: predicted,
         measured_peak_bytes: peak_rss().unwrap_or(0),
@@ -218,13 +389,12 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
             val_er: val_er / c as f64,
             train_er_abs: train_er,
             val_er_abs: val_er,
-            phase1_iterations: p1.log.len(),
-            phase1_converged: p1.converged,
+            phase1_iterations: meta.phase1_log.len(),
+            phase1_converged: meta.phase1_converged,
             phase1_final_convergence_rate: last.convergence_rate,
-            phase1: p1.log,
+            phase1: meta.phase1_log,
         }),
-    };
-    Ok(result)
+    })
 }
 
 #[cfg(test)]

@@ -8,9 +8,8 @@
 
 use super::cache::{sequential_pass, train_cache};
 use super::model::Model;
-use super::phase1::{self, Phase1Outcome};
-use super::phase2::{self, Phase2Outcome, Stream};
-use crate::cell_result::{Epoch, Phase1Iteration};
+use super::phase1::{self, OnIteration, Phase1Outcome, Phase1Resume};
+use super::phase2::{self, OnEpoch, Phase2Outcome, Phase2Resume, Stream};
 use crate::config::Config;
 use anyhow::{bail, Result};
 
@@ -19,25 +18,29 @@ use anyhow::{bail, Result};
 pub trait Engine {
     /// "cpu" or the GPU's name, for logs.
     fn describe(&self) -> String;
-    /// Phase 1 (ALGORITHM.md section 3); updates the ContextBlock in `model`.
+    /// Phase 1 (ALGORITHM.md section 3), fresh or resumed; updates the
+    /// ContextBlock in `model`.
     fn phase1_run(
         &mut self,
         model: &mut Model,
         ids: &[u32],
         given_prev: Option<Vec<f32>>,
-        on_iteration: &mut dyn FnMut(&Phase1Iteration),
+        resume: Option<Phase1Resume>,
+        on_iteration: &mut OnIteration,
     ) -> Result<Phase1Outcome>;
     /// The true recurrent pass over `ids[0..count]` (cache.rs).
     fn sequential_pass(&mut self, model: &Model, ids: &[u32], count: usize) -> Result<Vec<f32>>;
     /// The Phase-2 training cache source (cache.rs).
     fn train_cache(&mut self, model: &Model, ids: &[u32], prev: &[f32]) -> Result<Vec<f32>>;
-    /// Phase 2 (ALGORITHM.md section 5); leaves the last epoch's weights in `model`.
+    /// Phase 2 (ALGORITHM.md section 5), fresh or resumed; leaves the last
+    /// epoch's weights in `model`.
     fn phase2_run(
         &mut self,
         model: &mut Model,
         train: &Stream,
         val: &Stream,
-        on_epoch: &mut dyn FnMut(&Epoch),
+        resume: Option<Phase2Resume>,
+        on_epoch: &mut OnEpoch,
     ) -> Result<Phase2Outcome>;
     /// Peak device memory in bytes so far, where the device tracks it.
     fn peak_device_bytes(&self) -> Option<u64> {
@@ -59,9 +62,10 @@ impl Engine for CpuEngine {
         model: &mut Model,
         ids: &[u32],
         given_prev: Option<Vec<f32>>,
-        on_iteration: &mut dyn FnMut(&Phase1Iteration),
+        resume: Option<Phase1Resume>,
+        on_iteration: &mut OnIteration,
     ) -> Result<Phase1Outcome> {
-        phase1::run(model, ids, given_prev, on_iteration)
+        phase1::run(model, ids, given_prev, resume, on_iteration)
     }
 
     fn sequential_pass(&mut self, model: &Model, ids: &[u32], count: usize) -> Result<Vec<f32>> {
@@ -77,9 +81,10 @@ impl Engine for CpuEngine {
         model: &mut Model,
         train: &Stream,
         val: &Stream,
-        on_epoch: &mut dyn FnMut(&Epoch),
+        resume: Option<Phase2Resume>,
+        on_epoch: &mut OnEpoch,
     ) -> Result<Phase2Outcome> {
-        phase2::run(model, train, val, on_epoch)
+        phase2::run(model, train, val, resume, on_epoch)
     }
 }
 

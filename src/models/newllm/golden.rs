@@ -336,7 +336,7 @@ pub fn run_case(
     // ---- Phase 1, whole run
     let out = eng
         .engine()
-        .phase1_run(&mut model, &train, given, &mut |_| {})?;
+        .phase1_run(&mut model, &train, given, None, &mut |_, _| Ok(()))?;
     let golden_iters = case
         .value(&["phase1", "per_iteration"])
         .as_array()
@@ -524,7 +524,9 @@ pub fn run_case(
 
     // ---- Phase 2 whole run from the initial TokenBlock
     model.token.params.data.copy_from_slice(&init_token);
-    let res = eng.engine().phase2_run(&mut model, &ts, &vs, &mut |_| {})?;
+    let res = eng
+        .engine()
+        .phase2_run(&mut model, &ts, &vs, None, &mut |_, _| Ok(()))?;
     let gepochs = case
         .value(&["phase2", "epochs"])
         .as_array()
@@ -537,10 +539,10 @@ pub fn run_case(
         .unwrap_or_default();
     rec.exact(
         "phase2 epochs run",
-        res.epochs.len() as f64,
+        res.progress.epochs.len() as f64,
         gepochs.len() as f64,
     );
-    for ((e, g), gc) in res.epochs.iter().zip(&gepochs).zip(&correct) {
+    for ((e, g), gc) in res.progress.epochs.iter().zip(&gepochs).zip(&correct) {
         let num = |k: &str| g[k].as_f64().unwrap_or(f64::NAN);
         let ep = e.epoch;
         rec.scalar(
@@ -575,18 +577,18 @@ pub fn run_case(
     }
     rec.exact(
         "phase2 best epoch",
-        res.best_epoch as f64,
+        res.progress.best_epoch as f64,
         case.num(&["phase2", "best_epoch"])?,
     );
     let es = case.value(&["phase2", "early_stopped"]).as_bool();
     rec.exact(
         "phase2 early stopped",
-        f64::from(u8::from(res.early_stopped)),
+        f64::from(u8::from(res.progress.early_stopped)),
         es.map_or(f64::NAN, |b| f64::from(u8::from(b))),
     );
     rec.exact(
         "phase2 stop epoch",
-        res.stop_epoch as f64,
+        res.progress.stop_epoch() as f64,
         case.num(&["phase2", "epochs_run"])?,
     );
     Ok(rec.checks)

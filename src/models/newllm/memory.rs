@@ -65,3 +65,18 @@ pub fn predict_peak_bytes(cfg: &Config, n: usize, m: usize) -> u64 {
     let phase2 = phase2_bytes(cfg) + 4 * c * (n + m) as u64;
     baseline + model_bytes + ids + phase1.max(caches).max(phase2)
 }
+
+/// Bytes of the cell's resumable state file at its largest (state.rs):
+/// Phase 1's contexts and ContextBlock with its Adam moments, or Phase 2's
+/// caches and TokenBlock copies. While it is replaced the old file stays
+/// until the new one is complete, so the disk briefly holds two.
+pub fn predict_state_bytes(cfg: &Config, n: usize, m: usize) -> u64 {
+    let (ctx, tok) = trainable_counts(cfg);
+    crate::state::file_bytes(super::resume::max_state_values(
+        ctx,
+        tok,
+        n,
+        m,
+        cfg.context_dim,
+    ))
+}

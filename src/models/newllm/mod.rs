@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod model;
 pub mod phase1;
 pub mod phase2;
+pub mod resume;

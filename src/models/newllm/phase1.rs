@@ -134,6 +134,30 @@ pub struct Phase1Outcome {
     pub converged: bool,
 }
 
+/// The state of an exact continuation at the end of an iteration (the
+/// CPU's; the GPU keeps it on the device and gives none).
+pub struct Phase1Snapshot<'a> {
+    pub context_params: &'a [f32],
+    pub adam: &'a Adam,
+    pub prev: &'a [f32],
+    pub noise: &'a Rng,
+}
+
+/// Where a resumed Phase 1 continues: the log so far and the snapshot's
+/// contents (the ContextBlock's weights go into the model).
+pub struct Phase1Resume {
+    pub log: Vec<Phase1Iteration>,
+    pub adam: Adam,
+    pub prev: Vec<f32>,
+    pub noise: Rng,
+}
+
+/// Called after every iteration (iteration 1 = the init) with the log so
+/// far and, where the device gives it, the snapshot: for the on-disk log,
+/// progress output and the cell's resumable state.
+pub type OnIteration<'a> =
+    dyn FnMut(&[Phase1Iteration], Option<&Phase1Snapshot>) -> Result<()> + 'a;
+
 /// The device-specific work of one Phase-1 iteration, so the CPU and the
 /// GPU share the loop, the log and the stopping rule in `iterate`.
 pub trait Phase1Steps {
@@ -143,26 +167,54 @@ pub trait Phase1Steps {
     fn clip(&mut self, max_norm: f64) -> Result<f64>;
     /// One Adam step, then prev = out (the pre-step outputs).
     fn step_and_advance(&mut self) -> Result<()>;
+    /// Hands the log so far (and the snapshot, if any) to `on_iteration`.
+    fn report(&mut self, log: &[Phase1Iteration], on_iteration: &mut OnIteration) -> Result<()>;
+}
+
+/// Whether a log already ends Phase 1: Some(converged) if it does.
+pub fn finished(cfg: &Config, log: &[Phase1Iteration]) -> Option<bool> {
+    let last = log.last()?;
+    let t = last.iteration;
+    if t >= 2
+        && t >= cfg.phase1_min_iterations
+        && last.convergence_rate >= cfg.phase1_min_converged_ratio
+    {
+        Some(true)
+    } else if t >= cfg.phase1_max_iterations {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Iterations 2..: accumulate, clip, step, log, stop on convergence or at
-/// `phase1_max_iterations`. Returns the log (iteration 1 first) and whether
-/// the convergence rule stopped it.
+/// `phase1_max_iterations`. Starts with iteration 1 (the init, which took
+/// `init_seconds`) or continues a resumed log. Returns the log (iteration
+/// 1 first) and whether the convergence rule stopped it.
 pub fn iterate(
     cfg: &Config,
     n: usize,
+    resumed: Option<Vec<Phase1Iteration>>,
     init_seconds: f64,
     steps: &mut dyn Phase1Steps,
-    on_iteration: &mut dyn FnMut(&Phase1Iteration),
+    on_iteration: &mut OnIteration,
 ) -> Result<(Vec<Phase1Iteration>, bool)> {
-    let first = Phase1Iteration {
-        iteration: 1,
-        seconds: init_seconds,
-        ..Default::default()
+    let mut log = match resumed {
+        Some(log) => log,
+        None => {
+            let first = Phase1Iteration {
+                iteration: 1,
+                seconds: init_seconds,
+                ..Default::default()
+            };
+            steps.report(std::slice::from_ref(&first), on_iteration)?;
+            vec![first]
+        }
     };
-    on_iteration(&first);
-    let mut log = vec![first];
-    for t in 2..=cfg.phase1_max_iterations {
+    if let Some(converged) = finished(cfg, &log) {
+        return Ok((log, converged));
+    }
+    for t in log.len() + 1..=cfg.phase1_max_iterations {
         let t0 = Instant::now();
         let st = steps.accumulate()?;
         let norm = steps.clip(cfg.phase1_gradient_clip)?;
@@ -177,7 +229,7 @@ pub fn iterate(
         }
         steps.step_and_advance()?;
         let rate = st.converged_tokens as f64 / n as f64;
-        let entry = Phase1Iteration {
+        log.push(Phase1Iteration {
             iteration: t,
             total_loss: st.total_loss,
             cvfp_loss: st.cvfp_loss,
@@ -186,11 +238,10 @@ pub fn iterate(
             converged_tokens: st.converged_tokens,
             grad_norm_before_clip: norm,
             seconds: t0.elapsed().as_secs_f64(),
-        };
-        on_iteration(&entry);
-        log.push(entry);
-        if t >= cfg.phase1_min_iterations && rate >= cfg.phase1_min_converged_ratio {
-            return Ok((log, true));
+        });
+        steps.report(&log, on_iteration)?;
+        if let Some(converged) = finished(cfg, &log) {
+            return Ok((log, converged));
         }
     }
     Ok((log, false))
@@ -216,27 +267,57 @@ impl Phase1Steps for CpuSteps<'_> {
         std::mem::swap(&mut self.p1.prev, &mut self.p1.out);
         Ok(())
     }
+    fn report(&mut self, log: &[Phase1Iteration], on_iteration: &mut OnIteration) -> Result<()> {
+        let snapshot = Phase1Snapshot {
+            context_params: &self.model.context.params.data,
+            adam: &self.p1.adam,
+            prev: &self.p1.prev,
+            noise: &self.p1.noise,
+        };
+        on_iteration(log, Some(&snapshot))
+    }
 }
 
-/// Runs Phase 1 on the training ids; `on_iteration` sees each log entry as
-/// it is made (for the on-disk log and progress output). `given_prev`
-/// replaces iteration 1's matrix (tests feed the original's random draw).
+/// Runs Phase 1 on the training ids, or continues a resumed one (whose
+/// ContextBlock weights are already in `model`). `given_prev` replaces
+/// iteration 1's matrix (tests feed the original's random draw).
 pub fn run(
     model: &mut Model,
     ids: &[u32],
     given_prev: Option<Vec<f32>>,
-    on_iteration: &mut dyn FnMut(&Phase1Iteration),
+    resume: Option<Phase1Resume>,
+    on_iteration: &mut OnIteration,
 ) -> Result<Phase1Outcome> {
     let cfg = model.cfg.clone();
+    let want = ids.len() * cfg.context_dim;
     let t0 = Instant::now();
-    let mut p1 = Phase1::new(model, ids, given_prev);
+    let (given, resumed) = match resume {
+        Some(r) => (Some(r.prev), Some((r.log, r.adam, r.noise))),
+        None => (given_prev, None),
+    };
+    if let Some(p) = &given {
+        if p.len() != want {
+            bail!(
+                "given Phase-1 contexts have {} values, expected {} x {}",
+                p.len(),
+                ids.len(),
+                cfg.context_dim
+            );
+        }
+    }
+    let mut p1 = Phase1::new(model, ids, given);
+    let log = resumed.map(|(log, adam, noise)| {
+        p1.adam = adam;
+        p1.noise = noise;
+        log
+    });
     let init_seconds = t0.elapsed().as_secs_f64();
     let mut steps = CpuSteps {
         p1: &mut p1,
         model,
         ids,
     };
-    let (log, converged) = iterate(&cfg, ids.len(), init_seconds, &mut steps, on_iteration)?;
+    let (log, converged) = iterate(&cfg, ids.len(), log, init_seconds, &mut steps, on_iteration)?;
     Ok(Phase1Outcome {
         prev: p1.prev,
         log,
@@ -301,6 +382,13 @@ mod tests {
             self.calls.push(Call::Step);
             Ok(())
         }
+        fn report(
+            &mut self,
+            log: &[Phase1Iteration],
+            on_iteration: &mut OnIteration,
+        ) -> Result<()> {
+            on_iteration(log, None)
+        }
     }
 
     fn loop_cfg(min: usize, max: usize, ratio: f64) -> Config {
@@ -316,7 +404,12 @@ mod tests {
     /// Runs `iterate` on `n` tokens and checks what every run must hold.
     fn iterate_script(cfg: &Config, n: usize, s: &mut Script) -> (Vec<Phase1Iteration>, bool) {
         let mut seen = Vec::new();
-        let (log, converged) = iterate(cfg, n, 0.25, s, &mut |it| seen.push(it.clone())).unwrap();
+        let (log, converged) = iterate(cfg, n, None, 0.25, s, &mut |log, snapshot| {
+            assert!(snapshot.is_none());
+            seen.push(log.last().unwrap().clone());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(seen, log, "on_iteration sees every entry");
         let numbers: Vec<usize> = log.iter().map(|it| it.iteration).collect();
         assert_eq!(numbers, (1..=log.len()).collect::<Vec<_>>());
@@ -386,7 +479,7 @@ mod tests {
         let cfg = loop_cfg(5, 8, 0.95);
         let mut s = Script::new(&[0]);
         s.loss = vec![-0.5, f64::NAN];
-        let err = iterate(&cfg, 10, 0.0, &mut s, &mut |_| {})
+        let err = iterate(&cfg, 10, None, 0.0, &mut s, &mut |_, _| Ok(()))
             .expect_err("a NaN loss is an error")
             .to_string();
         assert!(err.contains("Phase 1 diverged at iteration 3"), "{err}");
@@ -397,7 +490,7 @@ mod tests {
         );
         let mut s = Script::new(&[0]);
         s.norm = f64::INFINITY;
-        let err = iterate(&cfg, 10, 0.0, &mut s, &mut |_| {})
+        let err = iterate(&cfg, 10, None, 0.0, &mut s, &mut |_, _| Ok(()))
             .expect_err("an infinite norm is an error")
             .to_string();
         assert!(err.contains("Phase 1 diverged at iteration 2"), "{err}");
@@ -469,7 +562,7 @@ mod tests {
         };
         let ids = stream(200);
         let mut model = Model::new(&cfg, None).unwrap();
-        let out = run(&mut model, &ids, None, &mut |_| {}).unwrap();
+        let out = run(&mut model, &ids, None, None, &mut |_, _| Ok(())).unwrap();
         assert_eq!(out.log.len(), 3);
         // Two Adam steps by hand, on the gradient clipped (or not) by the test.
         let replay = |clip: bool| {

@@ -7,7 +7,7 @@ use super::cache::recompute_layers;
 use super::model::{BlockActs, Model};
 use crate::cell_result::Epoch;
 use crate::ops::{self, Adam};
-use crate::train_loop::{self, EpochSteps};
+use crate::train_loop::{self, EpochProgress, EpochSteps};
 use anyhow::{bail, Result};
 
 /// One stream with its cache: positions 0..len-2 predict ids[1..].
@@ -146,20 +146,37 @@ impl Phase2 {
 
 /// What Phase 2 leaves behind.
 pub struct Phase2Outcome {
-    pub epochs: Vec<Epoch>,
-    /// 1-based.
-    pub best_epoch: usize,
-    pub stop_epoch: usize,
-    pub early_stopped: bool,
+    pub progress: EpochProgress,
     /// TokenBlock + head weights of the best epoch.
     pub best_params: Vec<f32>,
 }
 
 impl Phase2Outcome {
     pub fn best(&self) -> &Epoch {
-        &self.epochs[self.best_epoch - 1]
+        &self.progress.epochs[self.progress.best_epoch - 1]
     }
 }
+
+/// The state of an exact continuation after an epoch (the CPU's; the GPU
+/// keeps it on the device and gives none).
+pub struct Phase2Snapshot<'a> {
+    /// The frozen ContextBlock (part of the cell's state like the rest).
+    pub context_params: &'a [f32],
+    pub token_params: &'a [f32],
+    pub adam: &'a Adam,
+    pub best_params: &'a [f32],
+}
+
+/// Where a resumed Phase 2 continues (the TokenBlock's weights go into the model).
+pub struct Phase2Resume {
+    pub progress: EpochProgress,
+    pub adam: Adam,
+    pub best_params: Vec<f32>,
+}
+
+/// Called after every epoch with the progress so far and, where the device
+/// gives it, the snapshot.
+pub type OnEpoch<'a> = dyn FnMut(&EpochProgress, Option<&Phase2Snapshot>) -> Result<()> + 'a;
 
 /// Refuses streams too short to have a single prediction.
 pub fn check_streams(train: &Stream, val: &Stream) -> Result<()> {
@@ -173,15 +190,16 @@ pub fn check_streams(train: &Stream, val: &Stream) -> Result<()> {
     Ok(())
 }
 
-struct CpuSteps<'a, 'b> {
+struct CpuSteps<'a, 'b, 'c> {
     p2: Phase2,
     model: &'a mut Model,
     train: &'a Stream<'b>,
     val: &'a Stream<'b>,
     best_params: Vec<f32>,
+    on_epoch: &'a mut OnEpoch<'c>,
 }
 
-impl EpochSteps for CpuSteps<'_, '_> {
+impl EpochSteps for CpuSteps<'_, '_, '_> {
     fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
         self.p2.train_epoch(self.model, self.train, epoch)
     }
@@ -193,38 +211,54 @@ impl EpochSteps for CpuSteps<'_, '_> {
             .copy_from_slice(&self.model.token.params.data);
         Ok(())
     }
+    fn end_epoch(&mut self, progress: &EpochProgress) -> Result<()> {
+        let snapshot = Phase2Snapshot {
+            context_params: &self.model.context.params.data,
+            token_params: &self.model.token.params.data,
+            adam: &self.p2.adam,
+            best_params: &self.best_params,
+        };
+        (self.on_epoch)(progress, Some(&snapshot))
+    }
 }
 
+/// Runs Phase 2, or continues a resumed one (whose TokenBlock weights are
+/// already in `model`).
 pub fn run(
     model: &mut Model,
     train: &Stream,
     val: &Stream,
-    on_epoch: &mut dyn FnMut(&Epoch),
+    resume: Option<Phase2Resume>,
+    on_epoch: &mut OnEpoch,
 ) -> Result<Phase2Outcome> {
     check_streams(train, val)?;
     let cfg = model.cfg.clone();
-    let p2 = Phase2::new(model);
-    let best_params = model.token.params.data.clone();
+    let mut p2 = Phase2::new(model);
+    let (best_params, progress) = match resume {
+        Some(r) => {
+            p2.adam = r.adam;
+            (r.best_params, Some(r.progress))
+        }
+        None => (model.token.params.data.clone(), None),
+    };
     let mut steps = CpuSteps {
         p2,
         model,
         train,
         val,
         best_params,
+        on_epoch,
     };
-    let log = train_loop::run_epochs(
+    let progress = train_loop::run_epochs(
         "Phase 2",
         cfg.phase2_epochs,
         cfg.phase2_patience,
         val.positions(),
         &mut steps,
-        on_epoch,
+        progress,
     )?;
     Ok(Phase2Outcome {
-        epochs: log.epochs,
-        best_epoch: log.best_epoch,
-        stop_epoch: log.stop_epoch,
-        early_stopped: log.early_stopped,
+        progress,
         best_params: steps.best_params,
     })
 }

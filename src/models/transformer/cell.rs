@@ -8,15 +8,17 @@
 
 use super::model::{Transformer, TransformerDims};
 use super::train::{batches, Batch, Trainer};
-use crate::cell_result::{CellResult, Epoch, Timings};
+use crate::cell_result::{CellResult, Timings};
 use crate::config::Config;
 use crate::data::Split;
-use crate::io::{log_line, save_safetensors};
-use crate::memory::{gib, peak_rss, refuse_if_too_big};
+use crate::io::{log_line, rewrite_log, save_safetensors};
+use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::newllm::model::block_param_counts;
 use crate::models::CellPaths;
-use crate::train_loop::{self, EpochSteps};
+use crate::state::{self, Fingerprint, Found, Saver};
+use crate::train_loop::{self, EpochProgress, EpochSteps};
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// The transformer's shape for `cfg`. Width 0 applies the size rule: the
@@ -74,6 +76,29 @@ struct Steps<'a> {
     train: Vec<Batch<'a>>,
     val: Vec<Batch<'a>>,
     best: Vec<f32>,
+    /// None in tests that train without a cell around them.
+    cell: Option<CellIo>,
+}
+
+/// Where an epoch's end goes: the log, and the state with its meta.
+struct CellIo {
+    log: std::path::PathBuf,
+    saver: Saver,
+    meta: Meta,
+    /// When this process started, and the seconds of earlier runs.
+    started: Instant,
+    base: Meta,
+}
+
+/// The meta of a transformer state (state.rs); its arrays are `params`,
+/// `adam_m`, `adam_v` and `best`.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    progress: EpochProgress,
+    adam_t: u32,
+    train_seconds: f64,
+    state_write_seconds: f64,
+    total_seconds: f64,
 }
 
 impl EpochSteps for Steps<'_> {
@@ -113,6 +138,73 @@ impl EpochSteps for Steps<'_> {
         self.best.copy_from_slice(&self.model.params);
         Ok(())
     }
+
+    fn end_epoch(&mut self, progress: &EpochProgress) -> Result<()> {
+        let Some(io) = &mut self.cell else {
+            return Ok(());
+        };
+        let e = progress.epochs.last().expect("an epoch was run");
+        eprintln!(
+            "  transformer epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
+            e.epoch,
+            e.train_ppl,
+            e.val_ppl,
+            100.0 * e.val_acc,
+            e.seconds
+        );
+        log_line(
+            &io.log,
+            &serde_json::json!({"stage": "transformer", "epoch": e}),
+        )?;
+        let elapsed = io.started.elapsed().as_secs_f64();
+        io.meta = Meta {
+            progress: progress.clone(),
+            adam_t: self.trainer.adam.t,
+            train_seconds: io.base.train_seconds + elapsed,
+            state_write_seconds: io.base.state_write_seconds + io.saver.seconds,
+            total_seconds: io.base.total_seconds + elapsed,
+        };
+        let meta = &io.meta;
+        io.saver.safe_point(
+            &format!("transformer-{}", e.epoch),
+            || Ok(serde_json::to_value(meta)?),
+            &[
+                ("params", &self.model.params),
+                ("adam_m", &self.trainer.adam.m),
+                ("adam_v", &self.trainer.adam.v),
+                ("best", &self.best),
+            ],
+        )
+    }
+}
+
+/// The state at `saver.path` for this run, if any (a damaged one is
+/// reported and training starts over), put into `steps`.
+fn resume(steps: &mut Steps, saver: &Saver) -> Result<Option<Meta>> {
+    let mut l = match state::read(&saver.path, &saver.fingerprint)? {
+        Found::None => return Ok(None),
+        Found::Damaged(why) => {
+            eprintln!(
+                "  {} was damaged ({why}); it is removed and training starts over",
+                saver.path.display()
+            );
+            return Ok(None);
+        }
+        Found::State(l) => l,
+    };
+    let meta: Meta = l.meta()?;
+    let p = steps.model.params.len();
+    steps.model.params = l.take("params", p)?;
+    steps.trainer.adam.m = l.take("adam_m", p)?;
+    steps.trainer.adam.v = l.take("adam_v", p)?;
+    steps.trainer.adam.t = meta.adam_t;
+    steps.best = l.take("best", p)?;
+    eprintln!(
+        "  resuming from {} after epoch {}",
+        saver.path.display(),
+        meta.progress.stop_epoch()
+    );
+    Ok(Some(meta))
 }
 
 /// Trains on `split.train`, validates on every position of `split.val`
@@ -135,9 +227,12 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         predicted,
         "use a smaller transformer_dim / transformer_block_size / phase2_batch_size",
     )?;
-    let _ = std::fs::remove_file(&paths.log);
     let wpb = windows_per_batch(cfg);
     let model = Transformer::new(dims, cfg.seed)?;
+    // the state: weights, Adam's two moments, the best weights
+    let state_bytes = state::file_bytes(4 * model.params.len() as u64);
+    eprintln!("  resume state {} on disk", gib(state_bytes));
+    refuse_if_disk_too_small(&paths.state, 2 * state_bytes)?;
     let trainer = Trainer::new(
         &model,
         wpb * dims.block_size,
@@ -151,37 +246,51 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         train: batches(&split.train, dims.block_size, wpb)?,
         val: batches(&split.val, dims.block_size, wpb)?,
         best,
+        cell: None,
     };
-    let t = Instant::now();
+    let saver = Saver::new(
+        paths.state.clone(),
+        Fingerprint::new(cfg, &split.train, &split.val)?,
+        cfg,
+    );
+    let base = resume(&mut steps, &saver)?.unwrap_or_default();
+    // The log so far is the state's; lines written after it are redone.
+    let lines: Vec<serde_json::Value> = base
+        .progress
+        .epochs
+        .iter()
+        .map(|e| serde_json::json!({"stage": "transformer", "epoch": e}))
+        .collect();
+    rewrite_log(&paths.log, &lines)?;
+    let resumed = (!base.progress.epochs.is_empty()).then(|| base.progress.clone());
+    steps.cell = Some(CellIo {
+        log: paths.log.clone(),
+        saver,
+        meta: base.clone(),
+        started: t_all,
+        base,
+    });
     let log = train_loop::run_epochs(
         "Transformer training",
         cfg.phase2_epochs,
         cfg.phase2_patience,
         m - 1,
         &mut steps,
-        &mut |e: &Epoch| {
-            eprintln!(
-                "  transformer epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
-                e.epoch,
-                e.train_ppl,
-                e.val_ppl,
-                100.0 * e.val_acc,
-                e.seconds
-            );
-            let _ = log_line(
-                &paths.log,
-                &serde_json::json!({"stage": "transformer", "epoch": e}),
-            );
-        },
+        resumed,
     )
     .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
-    let train_seconds = t.elapsed().as_secs_f64();
     steps.model.params.copy_from_slice(&steps.best);
     save_checkpoint(&steps.model, cfg, &paths.checkpoint)?;
+    let io = steps.cell.expect("set above");
+    let elapsed = t_all.elapsed().as_secs_f64();
     let best = log.epochs[log.best_epoch - 1].clone();
     let mut seconds = Timings::default();
-    seconds.add("train", train_seconds);
-    seconds.add("total", t_all.elapsed().as_secs_f64());
+    seconds.add("train", io.base.train_seconds + elapsed);
+    seconds.add(
+        "state_write",
+        io.base.state_write_seconds + io.saver.seconds,
+    );
+    seconds.add("total", io.base.total_seconds + elapsed);
     Ok(CellResult {
         model: "transformer".into(),
         replicate: 0,
@@ -193,7 +302,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         val_loss: best.val_loss,
         val_acc: best.val_acc,
         best_epoch: log.best_epoch,
-        stop_epoch: log.stop_epoch,
+        stop_epoch: log.stop_epoch(),
         early_stopped: log.early_stopped,
         epochs: log.epochs,
         seconds,
@@ -302,9 +411,10 @@ mod tests {
                 train: batches(&train, dims.block_size, 2).unwrap(),
                 val: batches(val, dims.block_size, 2).unwrap(),
                 best,
+                cell: None,
             };
-            let log = train_loop::run_epochs("test", 2, 0, val.len() - 1, &mut steps, &mut |_| {})
-                .unwrap();
+            let log =
+                train_loop::run_epochs("test", 2, 0, val.len() - 1, &mut steps, None).unwrap();
             let train_losses: Vec<f64> = log.epochs.iter().map(|e| e.train_loss).collect();
             let val_losses: Vec<f64> = log.epochs.iter().map(|e| e.val_loss).collect();
             (steps.model.params, train_losses, val_losses)

@@ -9,12 +9,11 @@ use super::model::GpuBlock;
 use super::phase1::{GpuPhase1, GpuPhase1Steps};
 use super::phase2::{GpuPhase2, GpuPhase2Steps};
 use super::runtime::{Buf, Dev};
-use crate::cell_result::{Epoch, Phase1Iteration};
 use crate::config::{Config, TrainCache};
 use crate::models::newllm::engine::Engine;
 use crate::models::newllm::model::Model;
-use crate::models::newllm::phase1::{self, Phase1Outcome};
-use crate::models::newllm::phase2::{self, Phase2Outcome, Stream};
+use crate::models::newllm::phase1::{self, OnIteration, Phase1Outcome, Phase1Resume};
+use crate::models::newllm::phase2::{self, OnEpoch, Phase2Outcome, Phase2Resume, Stream};
 use crate::train_loop;
 use anyhow::{bail, Result};
 use std::time::Instant;
@@ -86,8 +85,12 @@ impl Engine for GpuEngine {
         model: &mut Model,
         ids: &[u32],
         given_prev: Option<Vec<f32>>,
-        on_iteration: &mut dyn FnMut(&Phase1Iteration),
+        resume: Option<Phase1Resume>,
+        on_iteration: &mut OnIteration,
     ) -> Result<Phase1Outcome> {
+        if resume.is_some() {
+            bail!("the GPU engine keeps no Phase-1 state, so it cannot resume one");
+        }
         let cfg = model.cfg.clone();
         let dev = &self.dev;
         let t0 = Instant::now();
@@ -101,8 +104,14 @@ impl Engine for GpuEngine {
             p1: &mut p1,
             cfg: &cfg,
         };
-        let (log, converged) =
-            phase1::iterate(&cfg, ids.len(), init_seconds, &mut steps, on_iteration)?;
+        let (log, converged) = phase1::iterate(
+            &cfg,
+            ids.len(),
+            None,
+            init_seconds,
+            &mut steps,
+            on_iteration,
+        )?;
         model.context.params.data = dev.read(dm.ctx.params.ptr, dm.ctx.params.len)?;
         let prev = dev.read(p1.prev.ptr, p1.prev.len)?;
         Ok(Phase1Outcome {
@@ -129,8 +138,12 @@ impl Engine for GpuEngine {
         model: &mut Model,
         train: &Stream,
         val: &Stream,
-        on_epoch: &mut dyn FnMut(&Epoch),
+        resume: Option<Phase2Resume>,
+        on_epoch: &mut OnEpoch,
     ) -> Result<Phase2Outcome> {
+        if resume.is_some() {
+            bail!("the GPU engine keeps no Phase-2 state, so it cannot resume one");
+        }
         phase2::check_streams(train, val)?;
         let cfg = model.cfg.clone();
         let dev = &self.dev;
@@ -143,23 +156,21 @@ impl Engine for GpuEngine {
             train,
             val,
             best: &best,
+            on_epoch,
         };
-        let log = train_loop::run_epochs(
+        let progress = train_loop::run_epochs(
             "Phase 2",
             cfg.phase2_epochs,
             cfg.phase2_patience,
             val.positions(),
             &mut steps,
-            on_epoch,
+            None,
         )?;
         let plen = p2.tok.params.len;
         model.token.params.data = dev.read(p2.tok.params.ptr, plen)?;
         let best_params = dev.read(best.ptr, plen)?;
         Ok(Phase2Outcome {
-            epochs: log.epochs,
-            best_epoch: log.best_epoch,
-            stop_epoch: log.stop_epoch,
-            early_stopped: log.early_stopped,
+            progress,
             best_params,
         })
     }

@@ -6,9 +6,12 @@ use super::engine::DevModel;
 use super::model::{context_backward, context_forward, BlockBufs};
 use super::ops::{clip_grad_norm, GpuAdam};
 use super::runtime::{Arg, Buf, Dev};
+use crate::cell_result::Phase1Iteration;
 use crate::config::{Config, Phase1Init};
 use crate::models::newllm::model::Model;
-use crate::models::newllm::phase1::{IterationStats, Phase1Steps, NOISE_SALT, RANDOM_INIT_SALT};
+use crate::models::newllm::phase1::{
+    IterationStats, OnIteration, Phase1Steps, NOISE_SALT, RANDOM_INIT_SALT,
+};
 use crate::ops;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -221,6 +224,11 @@ impl Phase1Steps for GpuPhase1Steps<'_> {
             .step(self.dev, &self.dm.ctx.params, &self.p1.grad)?;
         std::mem::swap(&mut self.p1.prev, &mut self.p1.out);
         self.dev.sync()
+    }
+    /// No snapshot: downloading the contexts every iteration would cost
+    /// more than the resume is worth here; the cell resumes from the caches.
+    fn report(&mut self, log: &[Phase1Iteration], on_iteration: &mut OnIteration) -> Result<()> {
+        on_iteration(log, None)
     }
 }
 

@@ -11,8 +11,8 @@ use super::ops::{clip_grad_norm, GpuAdam};
 use super::runtime::{Arg, Buf, Dev};
 use crate::config::Config;
 use crate::models::newllm::model::Model;
-use crate::models::newllm::phase2::Stream;
-use crate::train_loop::EpochSteps;
+use crate::models::newllm::phase2::{OnEpoch, Stream};
+use crate::train_loop::{EpochProgress, EpochSteps};
 use anyhow::{bail, Context, Result};
 
 /// A stream (ids + cache source) on the device, remembered by host address
@@ -253,16 +253,17 @@ impl GpuPhase2 {
 }
 
 /// Phase-2 epochs on the device, for the shared loop in phase2.rs.
-pub(crate) struct GpuPhase2Steps<'a, 'b> {
+pub(crate) struct GpuPhase2Steps<'a, 'b, 'c> {
     pub(crate) dev: &'a Dev,
     pub(crate) cfg: &'a Config,
     pub(crate) p2: &'a mut GpuPhase2,
     pub(crate) train: &'a Stream<'b>,
     pub(crate) val: &'a Stream<'b>,
     pub(crate) best: &'a Buf<f32>,
+    pub(crate) on_epoch: &'a mut OnEpoch<'c>,
 }
 
-impl EpochSteps for GpuPhase2Steps<'_, '_> {
+impl EpochSteps for GpuPhase2Steps<'_, '_, '_> {
     fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
         self.p2.train_epoch(self.dev, self.cfg, self.train, epoch)
     }
@@ -275,5 +276,9 @@ impl EpochSteps for GpuPhase2Steps<'_, '_> {
             self.p2.tok.params.ptr,
             self.p2.tok.params.len,
         )
+    }
+    /// No snapshot (the weights stay on the device); the log and progress only.
+    fn end_epoch(&mut self, progress: &EpochProgress) -> Result<()> {
+        (self.on_epoch)(progress, None)
     }
 }

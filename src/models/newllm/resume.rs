@@ -1,0 +1,142 @@
+//! What a New-LLM cell keeps in its resumable state (state.rs) at each
+//! safe point, and how it reads it back. The arrays by stage:
+//!   phase1       context, phase1_adam_m, phase1_adam_v, prev
+//!   train_cache  context, train_src
+//!   caches       context, train_src, val_src
+//!   phase2       context, train_src, val_src, token, phase2_adam_m,
+//!                phase2_adam_v, best_token
+//! Everything else an exact continuation needs (logs, Adam step counts, the
+//! noise RNG, Effective Ranks, early-stopping counters, seconds so far) is in
+//! the meta.
+
+use super::model::Model;
+use super::phase1::Phase1Resume;
+use super::phase2::Phase2Resume;
+use crate::cell_result::Phase1Iteration;
+use crate::ops::Adam;
+use crate::rng::Rng;
+use crate::state::Loaded;
+use crate::train_loop::EpochProgress;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// The last safe point a state was written at, in the order a cell runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Phase1,
+    TrainCache,
+    Caches,
+    Phase2,
+}
+
+/// Wall-clock seconds of each stage of a New-LLM cell (summed over resumes).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct StageSeconds {
+    pub data: f64,
+    pub phase1: f64,
+    pub train_cache: f64,
+    pub val_cache: f64,
+    pub effective_rank: f64,
+    pub phase2: f64,
+    pub state_write: f64,
+    pub total: f64,
+}
+
+/// The meta of a New-LLM state.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub stage: Stage,
+    pub seconds: StageSeconds,
+    pub phase1_log: Vec<Phase1Iteration>,
+    /// From `train_cache` on.
+    pub phase1_converged: bool,
+    /// Stage `phase1` only.
+    pub phase1_adam_t: u32,
+    pub noise: Option<Rng>,
+    /// Absolute Effective Ranks, from `train_cache` (train) and `caches` (val) on.
+    pub train_er: f64,
+    pub val_er: f64,
+    /// Stage `phase2` only.
+    pub phase2: Option<EpochProgress>,
+    pub phase2_adam_t: u32,
+}
+
+/// A state read back for this cell, its arrays taken out by stage.
+pub struct Saved {
+    pub meta: Meta,
+    pub phase1: Option<Phase1Resume>,
+    pub train_src: Option<Vec<f32>>,
+    pub val_src: Option<Vec<f32>>,
+    pub phase2: Option<Phase2Resume>,
+}
+
+fn adam(m: Vec<f32>, v: Vec<f32>, t: u32, lr: f64) -> Adam {
+    Adam { lr, m, v, t }
+}
+
+/// Takes a loaded state apart, putting its trained weights into `model`.
+pub fn restore(mut l: Loaded, model: &mut Model, n: usize, m: usize) -> Result<Saved> {
+    let meta: Meta = l.meta()?;
+    let cfg = model.cfg.clone();
+    let c = cfg.context_dim;
+    let (pc, pt) = (
+        model.context.params.data.len(),
+        model.token.params.data.len(),
+    );
+    model.context.params.data = l.take("context", pc)?;
+    let mut saved = Saved {
+        meta: meta.clone(),
+        phase1: None,
+        train_src: None,
+        val_src: None,
+        phase2: None,
+    };
+    if meta.stage == Stage::Phase1 {
+        saved.phase1 = Some(Phase1Resume {
+            log: meta.phase1_log.clone(),
+            adam: adam(
+                l.take("phase1_adam_m", pc)?,
+                l.take("phase1_adam_v", pc)?,
+                meta.phase1_adam_t,
+                cfg.phase1_learning_rate,
+            ),
+            prev: l.take("prev", n * c)?,
+            noise: meta
+                .noise
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("a Phase-1 state without its noise RNG"))?,
+        });
+        return Ok(saved);
+    }
+    saved.train_src = Some(l.take("train_src", (n - 1) * c)?);
+    if meta.stage >= Stage::Caches {
+        saved.val_src = Some(l.take("val_src", (m - 1) * c)?);
+    }
+    if meta.stage == Stage::Phase2 {
+        model.token.params.data = l.take("token", pt)?;
+        saved.phase2 = Some(Phase2Resume {
+            progress: meta
+                .phase2
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("a Phase-2 state without its epochs"))?,
+            adam: adam(
+                l.take("phase2_adam_m", pt)?,
+                l.take("phase2_adam_v", pt)?,
+                meta.phase2_adam_t,
+                cfg.phase2_learning_rate,
+            ),
+            best_params: l.take("best_token", pt)?,
+        });
+    }
+    Ok(saved)
+}
+
+/// f32 values a state holds at its largest (the disk prediction): Phase 1
+/// (contexts + three copies of the ContextBlock) or Phase 2 (both caches,
+/// the ContextBlock and four copies of the TokenBlock + head).
+pub fn max_state_values(ctx_params: usize, tok_params: usize, n: usize, m: usize, c: usize) -> u64 {
+    let phase1 = n * c + 3 * ctx_params;
+    let phase2 = (n + m - 2) * c + ctx_params + 4 * tok_params;
+    phase1.max(phase2) as u64
+}

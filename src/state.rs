@@ -1,0 +1,382 @@
+//! A cell's resumable state on disk: what an exact continuation of an
+//! interrupted cell needs (weights, Adam moments, Phase-1 contexts, caches,
+//! RNG states, logs so far), in one file per cell that is replaced
+//! atomically at every safe point and removed when the cell's result is
+//! written.
+//!
+//! Layout (all little-endian):
+//!   b"NEWLLM-STATE-v1\n"      16 bytes
+//!   u64                       header length H
+//!   H bytes                   header JSON (`Header`)
+//!   f32 arrays                in the order `Header::arrays` lists them
+//!   u32                       CRC-32 of every byte before it
+//! Not safetensors: its writer builds the whole file in one buffer, and at
+//! 529k tokens the Phase-1 contexts alone are 1.6 GB; this one streams.
+
+use crate::config::Config;
+use crate::io::{remove_tmp_files, write_file_atomic};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 16] = b"NEWLLM-STATE-v1\n";
+
+/// What a state must match to be continued: the run's config (the fields
+/// that change results), the program that wrote it and the data it ran on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub config: Config,
+    /// Package version and a CRC of the executable: another build may
+    /// compute other numbers.
+    pub code: String,
+    /// CRC of the cell's training and validation ids.
+    pub data: String,
+}
+
+impl Fingerprint {
+    pub fn new(cfg: &Config, train: &[u32], val: &[u32]) -> Result<Fingerprint> {
+        let mut h = crc32fast::Hasher::new();
+        for ids in [train, val] {
+            h.update(&(ids.len() as u64).to_le_bytes());
+            for id in ids {
+                h.update(&id.to_le_bytes());
+            }
+        }
+        Ok(Fingerprint {
+            config: Config {
+                // Neither changes a number; a state may be continued with
+                // another thread count (with a warning) or write interval.
+                threads: 0,
+                state_interval_seconds: 0.0,
+                ..cfg.clone()
+            },
+            code: code_id()?,
+            data: format!("{:08x} ({} + {} ids)", h.finalize(), train.len(), val.len()),
+        })
+    }
+
+    /// The differences from `other`, one "field: A in the state, B now" each.
+    fn differences(&self, other: &Fingerprint) -> Result<Vec<String>> {
+        let mut diff = Vec::new();
+        let (a, b) = (
+            serde_json::to_value(&self.config)?,
+            serde_json::to_value(&other.config)?,
+        );
+        for (k, v) in a.as_object().into_iter().flatten() {
+            let now = b.get(k.as_str()).unwrap_or(&serde_json::Value::Null);
+            if now != v {
+                diff.push(format!("config {k}: {v} in the state, {now} now"));
+            }
+        }
+        if self.code != other.code {
+            diff.push(format!(
+                "program: {} in the state, {} now (another build of newllm)",
+                self.code, other.code
+            ));
+        }
+        if self.data != other.data {
+            diff.push(format!(
+                "data: {} in the state, {} now (another corpus, tokenizer or split)",
+                self.data, other.data
+            ));
+        }
+        Ok(diff)
+    }
+}
+
+/// The running program's identity, computed once.
+fn code_id() -> Result<String> {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(id.clone());
+    }
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let bytes = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let id = format!(
+        "newllm {} build {:08x}",
+        env!("CARGO_PKG_VERSION"),
+        crc32fast::hash(&bytes)
+    );
+    Ok(ID.get_or_init(|| id).clone())
+}
+
+/// The header: who wrote the state, for what, and the model's own part
+/// (`meta`: stage, logs, counters, RNG states).
+#[derive(Serialize, Deserialize)]
+struct Header {
+    fingerprint: Fingerprint,
+    threads: usize,
+    meta: serde_json::Value,
+    /// (name, number of f32 values), in file order.
+    arrays: Vec<(String, usize)>,
+}
+
+/// A state read back: the model's meta and its arrays by name.
+pub struct Loaded {
+    pub meta: serde_json::Value,
+    pub arrays: BTreeMap<String, Vec<f32>>,
+    pub threads: usize,
+}
+
+impl Loaded {
+    /// Takes array `name` out, checking its length.
+    pub fn take(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let v = self
+            .arrays
+            .remove(name)
+            .with_context(|| format!("the state has no array {name:?}"))?;
+        if v.len() != len {
+            bail!(
+                "state array {name:?} has {} values, expected {len}",
+                v.len()
+            );
+        }
+        Ok(v)
+    }
+
+    /// The meta decoded as the model's own type.
+    pub fn meta<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.meta.clone()).context("the state's meta is not this model's")
+    }
+}
+
+/// Bytes a state with these arrays takes on disk (the header aside).
+pub fn file_bytes(values: u64) -> u64 {
+    MAGIC.len() as u64 + 8 + 4 + 4 * values + (64 << 10)
+}
+
+/// Writes a state atomically: a temporary file, flushed to disk, renamed
+/// over the previous state (which stays intact if anything fails).
+pub fn write(
+    path: &Path,
+    fingerprint: &Fingerprint,
+    meta: serde_json::Value,
+    arrays: &[(&str, &[f32])],
+) -> Result<u64> {
+    let header = Header {
+        fingerprint: fingerprint.clone(),
+        threads: crate::ops::threads(),
+        meta,
+        arrays: arrays
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.len()))
+            .collect(),
+    };
+    let header = serde_json::to_vec(&header)?;
+    write_file_atomic(path, |file| {
+        let mut w = Crc(
+            BufWriter::with_capacity(1 << 20, file),
+            crc32fast::Hasher::new(),
+        );
+        w.write_all(MAGIC)?;
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, a) in arrays {
+            w.write_all(f32_bytes(a))?;
+        }
+        let crc = w.1.clone().finalize();
+        w.0.write_all(&crc.to_le_bytes())?;
+        w.0.flush()?;
+        Ok(())
+    })
+}
+
+/// What reading a state found.
+pub enum Found {
+    None,
+    /// Readable and written for this run.
+    State(Loaded),
+    /// Unreadable or failing its checksum; the reason (the file is removed).
+    Damaged(String),
+}
+
+/// Reads the state at `path` for a run with `want`. A state written for
+/// another config, program or data is an error saying how to start over.
+pub fn read(path: &Path, want: &Fingerprint) -> Result<Found> {
+    // Left by a writer killed mid-write; the claim makes this process the only writer.
+    remove_tmp_files(path);
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let (header, arrays) = match read_checked(file) {
+        Ok(x) => x,
+        Err(e) => {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove damaged state {}", path.display()))?;
+            return Ok(Found::Damaged(format!("{e:#}")));
+        }
+    };
+    let diff = header.fingerprint.differences(want)?;
+    if !diff.is_empty() {
+        bail!(
+            "{} holds a cell's state from a different run ({}); rerun with the settings, program and data it was written with to continue it, or delete it to start this cell over",
+            path.display(),
+            diff.join("; ")
+        );
+    }
+    Ok(Found::State(Loaded {
+        meta: header.meta,
+        arrays,
+        threads: header.threads,
+    }))
+}
+
+/// Reads a whole state, checking the magic, the lengths and the checksum.
+fn read_checked(file: std::fs::File) -> Result<(Header, BTreeMap<String, Vec<f32>>)> {
+    let len = file.metadata()?.len();
+    let mut r = Crc(
+        BufReader::with_capacity(1 << 20, file),
+        crc32fast::Hasher::new(),
+    );
+    let mut magic = [0u8; 16];
+    r.read_exact(&mut magic).context("shorter than its magic")?;
+    if &magic != MAGIC {
+        bail!("not a newllm state file (bad magic)");
+    }
+    let mut n = [0u8; 8];
+    r.read_exact(&mut n)?;
+    let hlen = u64::from_le_bytes(n);
+    if hlen > len {
+        bail!("header length {hlen} exceeds the file's {len} bytes");
+    }
+    let mut hbytes = vec![0u8; hlen as usize];
+    r.read_exact(&mut hbytes).context("truncated header")?;
+    let header: Header = serde_json::from_slice(&hbytes).context("unreadable header")?;
+    let values: u64 = header.arrays.iter().map(|(_, l)| *l as u64).sum();
+    if 16 + 8 + hlen + 4 * values + 4 != len {
+        bail!(
+            "{len} bytes where the header describes {}",
+            16 + 8 + hlen + 4 * values + 4
+        );
+    }
+    let mut arrays = BTreeMap::new();
+    for (name, l) in &header.arrays {
+        let mut v = vec![0f32; *l];
+        // SAFETY: any bit pattern is a valid f32; the file is little-endian like x86.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, 4 * v.len()) };
+        r.read_exact(bytes)
+            .with_context(|| format!("truncated array {name}"))?;
+        arrays.insert(name.clone(), v);
+    }
+    let computed = r.1.clone().finalize();
+    let mut stored = [0u8; 4];
+    r.0.read_exact(&mut stored).context("no checksum")?;
+    if u32::from_le_bytes(stored) != computed {
+        bail!(
+            "checksum mismatch (stored {:08x}, computed {computed:08x})",
+            u32::from_le_bytes(stored)
+        );
+    }
+    Ok((header, arrays))
+}
+
+fn f32_bytes(a: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding; little-endian like x86.
+    unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, std::mem::size_of_val(a)) }
+}
+
+/// A reader or writer that hashes what passes through it.
+struct Crc<T>(T, crc32fast::Hasher);
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Where a cell's state goes, and the policy of when it is written: at
+/// every safe point (after each Phase-1 iteration, cache and epoch) unless
+/// `state_interval_seconds` asks for fewer; always when a stop was asked for.
+pub struct Saver {
+    pub path: PathBuf,
+    pub fingerprint: Fingerprint,
+    interval: f64,
+    last: std::time::Instant,
+    /// Seconds spent writing, and bytes of the last write.
+    pub seconds: f64,
+    pub last_bytes: u64,
+    pub writes: usize,
+}
+
+impl Saver {
+    pub fn new(path: PathBuf, fingerprint: Fingerprint, cfg: &Config) -> Saver {
+        Saver {
+            path,
+            fingerprint,
+            interval: cfg.state_interval_seconds,
+            last: std::time::Instant::now(),
+            seconds: 0.0,
+            last_bytes: 0,
+            writes: 0,
+        }
+    }
+
+    /// Whether the next safe point writes.
+    pub fn due(&self) -> bool {
+        crate::stop::requested().is_some() || self.last.elapsed().as_secs_f64() >= self.interval
+    }
+
+    /// A safe point named `point`: writes the state when due, and always
+    /// when a signal asked for a stop, which then ends the run with
+    /// `stop::Stopped`.
+    pub fn safe_point(
+        &mut self,
+        point: &str,
+        meta: impl Fn() -> Result<serde_json::Value>,
+        arrays: &[(&str, &[f32])],
+    ) -> Result<()> {
+        crate::stop::test_hook(point);
+        let wrote = self.due();
+        if wrote {
+            self.write(meta()?, arrays)?;
+        }
+        if crate::stop::requested().is_some() {
+            // a signal that came after the check above
+            if !wrote {
+                self.write(meta()?, arrays)?;
+            }
+            return crate::stop::check(&self.path);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, meta: serde_json::Value, arrays: &[(&str, &[f32])]) -> Result<()> {
+        let t = std::time::Instant::now();
+        self.last_bytes = write(&self.path, &self.fingerprint, meta, arrays)?;
+        self.seconds += t.elapsed().as_secs_f64();
+        self.writes += 1;
+        self.last = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+/// Removes a cell's state once its result is written.
+pub fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

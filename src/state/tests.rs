@@ -1,0 +1,135 @@
+use super::*;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("newllm-state-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fingerprint(seed: u64) -> Fingerprint {
+    let cfg = Config {
+        seed,
+        ..Config::default()
+    };
+    Fingerprint::new(&cfg, &[1, 2, 3], &[4, 5]).unwrap()
+}
+
+fn loaded(found: Found) -> Loaded {
+    match found {
+        Found::State(l) => l,
+        Found::None => panic!("no state"),
+        Found::Damaged(why) => panic!("damaged: {why}"),
+    }
+}
+
+#[test]
+fn a_state_reads_back_exactly() {
+    let dir = scratch("roundtrip");
+    let path = dir.join("cell-5.state");
+    let fp = fingerprint(1);
+    let a: Vec<f32> = (0..1000).map(|i| (i as f32).sin() * 1e-3).collect();
+    let b = vec![f32::MIN_POSITIVE, -0.0, 1.5];
+    let meta = serde_json::json!({"stage": "phase1", "x": 0.1f64 + 0.2, "big": u64::MAX});
+    let bytes = write(&path, &fp, meta.clone(), &[("a", &a), ("b", &b)]).unwrap();
+    assert_eq!(bytes, std::fs::metadata(&path).unwrap().len());
+    let mut l = loaded(read(&path, &fp).unwrap());
+    assert_eq!(l.meta, meta, "floats and u64 survive the JSON exactly");
+    assert_eq!(l.take("a", 1000).unwrap(), a);
+    let err = l.take("b", 4).unwrap_err().to_string();
+    assert_eq!(err, "state array \"b\" has 3 values, expected 4");
+    assert_eq!(l.threads, crate::ops::threads());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn any_damaged_byte_is_caught_and_the_state_removed() {
+    let dir = scratch("damaged");
+    let path = dir.join("cell-5.state");
+    let fp = fingerprint(1);
+    let a: Vec<f32> = (0..300).map(|i| i as f32).collect();
+    write(&path, &fp, serde_json::json!({"k": 1}), &[("a", &a)]).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    // one flipped bit in the magic, the header, an array and the checksum;
+    // and a truncated file
+    for at in [3, 40, good.len() - 100, good.len() - 2] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        match read(&path, &fp).unwrap() {
+            Found::Damaged(_) => {}
+            _ => panic!("a flipped bit at byte {at} was not caught"),
+        }
+        assert!(!path.exists(), "the damaged state is removed");
+    }
+    std::fs::write(&path, &good[..good.len() - 9]).unwrap();
+    let Found::Damaged(why) = read(&path, &fp).unwrap() else {
+        panic!("a truncated state was not caught")
+    };
+    assert!(why.contains("bytes where the header describes"), "{why}");
+    // no state at all
+    assert!(matches!(read(&path, &fp).unwrap(), Found::None));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_state_of_another_run_is_refused_naming_the_difference() {
+    let dir = scratch("mismatch");
+    let path = dir.join("cell-5.state");
+    write(&path, &fingerprint(1), serde_json::json!({}), &[]).unwrap();
+    let err = read(&path, &fingerprint(2)).err().unwrap().to_string();
+    assert!(err.contains("config seed: 1 in the state, 2 now"), "{err}");
+    assert!(
+        err.contains("or delete it to start this cell over"),
+        "{err}"
+    );
+    let mut other_data = fingerprint(1);
+    other_data.data = Fingerprint::new(
+        &Config {
+            seed: 1,
+            ..Config::default()
+        },
+        &[1, 2, 4],
+        &[4, 5],
+    )
+    .unwrap()
+    .data;
+    let err = read(&path, &other_data).err().unwrap().to_string();
+    assert!(err.contains("data: "), "{err}");
+    assert!(path.exists(), "a refused state is kept");
+    // threads and the write interval do not change numbers: not part of it
+    let cfg = Config {
+        seed: 1,
+        threads: 3,
+        state_interval_seconds: 60.0,
+        ..Config::default()
+    };
+    let fp = Fingerprint::new(&cfg, &[1, 2, 3], &[4, 5]).unwrap();
+    assert!(matches!(read(&path, &fp).unwrap(), Found::State(_)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_saver_writes_at_every_safe_point_by_default_and_not_between_intervals() {
+    let dir = scratch("saver");
+    let fp = fingerprint(1);
+    let mut every = Saver::new(dir.join("a.state"), fp.clone(), &Config::default());
+    let mut hourly = Saver::new(
+        dir.join("b.state"),
+        fp,
+        &Config {
+            state_interval_seconds: 3600.0,
+            ..Config::default()
+        },
+    );
+    for k in 0..3 {
+        let meta = || Ok(serde_json::json!({ "k": k }));
+        every.safe_point("p", meta, &[("x", &[k as f32])]).unwrap();
+        hourly.safe_point("p", meta, &[("x", &[k as f32])]).unwrap();
+    }
+    assert_eq!(every.writes, 3);
+    assert_eq!(hourly.writes, 0);
+    let l = loaded(read(&every.path, &every.fingerprint).unwrap());
+    assert_eq!(l.meta["k"], 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
