@@ -96,11 +96,13 @@ pub struct Config {
     /// device = "cuda" only: let cuBLAS use TF32 tensor cores for the GEMMs
     /// (faster, ~1e-3 relative error; off keeps f32 parity with the CPU).
     pub cuda_allow_tf32: bool,
-    /// How often a cell's resumable state is written: 0 = at every safe
-    /// point (after each Phase-1 iteration, each cache, each epoch); T > 0 =
-    /// at a safe point only when T seconds have passed since the last write.
-    /// A stop signal always writes. Measured cost at every safe point: see
-    /// BENCHMARKS.md ("resume state").
+    /// How often a cell's resumable state is written at its safe points
+    /// (after each Phase-1 iteration, each cache, each epoch): 0 = at every
+    /// safe point while writing stays within 5% of the run's time (at the
+    /// seed's size that is every one: BENCHMARKS.md, "resume state"; at
+    /// `quick` sizes, where a step takes milliseconds, some are skipped);
+    /// T > 0 = once T seconds have passed since the last write (1e-9: at
+    /// every safe point). A stop signal always writes.
     pub state_interval_seconds: f64,
 
     // ---- baselines and replicates (the report's "compared with what?" and

@@ -95,7 +95,8 @@ enum Cmd {
         out: PathBuf,
     },
     /// Time each stage against this machine's GEMM peak and memory bandwidth
-    /// (measured in the same process); prints a table and writes JSON.
+    /// (measured in the same process), and a resume-state write in the JSON's
+    /// folder; prints a table and writes JSON.
     Bench {
         /// Model preset to time (default: the seed's 6 x 768 model).
         #[arg(long, default_value = "seed")]
@@ -309,7 +310,11 @@ fn run(cli: Cli) -> Result<()> {
                 cache_dir: PathBuf::new(),
             }
             .config()?;
-            let r = newllm::bench::run(&cfg, batch, seq_tokens)?;
+            let dir = out
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let r = newllm::bench::run(&cfg, batch, seq_tokens, dir)?;
             print!("{}", newllm::bench::table(&r));
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)?;

@@ -302,14 +302,31 @@ impl<R: Read> Read for Crc<R> {
     }
 }
 
-/// Where a cell's state goes, and the policy of when it is written: at
-/// every safe point (after each Phase-1 iteration, cache and epoch) unless
-/// `state_interval_seconds` asks for fewer; always when a stop was asked for.
+/// The share of a run's time state writes may take by default.
+pub const WRITE_SHARE: f64 = 0.05;
+
+/// Whether a safe point writes, `since` seconds after the last write, which
+/// took `last_cost` seconds: with `interval` 0, whenever writing keeps
+/// within `WRITE_SHARE` of the time (every safe point where steps are long
+/// against a write, the seed's case); with `interval` T > 0, once T seconds
+/// have passed.
+pub fn write_due(interval: f64, since: f64, last_cost: f64) -> bool {
+    if interval > 0.0 {
+        since >= interval
+    } else {
+        last_cost <= WRITE_SHARE * (since + last_cost)
+    }
+}
+
+/// Where a cell's state goes, and the policy of when it is written
+/// (`write_due`, from `state_interval_seconds`); always when a stop was
+/// asked for.
 pub struct Saver {
     pub path: PathBuf,
     pub fingerprint: Fingerprint,
     interval: f64,
     last: std::time::Instant,
+    last_cost: f64,
     /// Seconds spent writing, and bytes of the last write.
     pub seconds: f64,
     pub last_bytes: u64,
@@ -323,6 +340,7 @@ impl Saver {
             fingerprint,
             interval: cfg.state_interval_seconds,
             last: std::time::Instant::now(),
+            last_cost: 0.0,
             seconds: 0.0,
             last_bytes: 0,
             writes: 0,
@@ -331,7 +349,12 @@ impl Saver {
 
     /// Whether the next safe point writes.
     pub fn due(&self) -> bool {
-        crate::stop::requested().is_some() || self.last.elapsed().as_secs_f64() >= self.interval
+        crate::stop::requested().is_some()
+            || write_due(
+                self.interval,
+                self.last.elapsed().as_secs_f64(),
+                self.last_cost,
+            )
     }
 
     /// A safe point named `point`: writes the state when due, and always
@@ -361,7 +384,8 @@ impl Saver {
     fn write(&mut self, meta: serde_json::Value, arrays: &[(&str, &[f32])]) -> Result<()> {
         let t = std::time::Instant::now();
         self.last_bytes = write(&self.path, &self.fingerprint, meta, arrays)?;
-        self.seconds += t.elapsed().as_secs_f64();
+        self.last_cost = t.elapsed().as_secs_f64();
+        self.seconds += self.last_cost;
         self.writes += 1;
         self.last = std::time::Instant::now();
         Ok(())

@@ -55,6 +55,8 @@ impl Setup {
             threads: 1,
             baselines: vec![],
             replicates: 1,
+            // every safe point, whatever a write costs against these tiny steps
+            state_interval_seconds: 1e-9,
             ..Config::default()
         };
         let preset = dir.join("preset.toml");
@@ -344,4 +346,56 @@ fn a_second_process_on_a_running_cell_is_refused_and_a_dead_owner_is_taken_over(
         stderr(&o)
     );
     assert_same_cell(&s.dir, "cell-8", "shared", "reference");
+}
+
+#[test]
+fn a_failed_state_write_names_the_file_keeps_the_last_state_and_a_rerun_resumes() {
+    use std::os::unix::process::CommandExt;
+    let s = Setup::new("fullfile", |c| c);
+    assert_ok(&s.train("newllm", "reference", None));
+    let out = s.dir.join("limited");
+    let mut c = s.command(
+        &["train", "--samples", "8", "--out", out.to_str().unwrap()],
+        None,
+    );
+    // Files over 2 MB fail to grow (EFBIG, as a full disk fails with
+    // ENOSPC): the Phase-1 and cache states fit, Phase 2's (with its
+    // 50,257-row head four times over) does not.
+    // SAFETY: setrlimit and signal are async-signal-safe, as pre_exec requires.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 2 << 20,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let state = out.join("cell-8.state");
+    assert!(
+        err.contains(&format!("cannot write {}: File too large", state.display()))
+            && err.contains("earlier files are intact"),
+        "{err}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !left.iter().any(|f| f.contains(".tmp")),
+        "a temporary file is left: {left:?}"
+    );
+    let o = s.train("newllm", "limited", None);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("(stage Caches, Phase-1 iteration 4)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_same_cell(&s.dir, "cell-8", "limited", "reference");
 }

@@ -3,11 +3,15 @@
 
 use crate::config::Config;
 use crate::memory::gib;
+use crate::models::newllm::memory::trainable_counts;
 use crate::models::newllm::model::Model;
+use crate::models::newllm::resume::state_values;
 use crate::ops::{self, Mat, Trans};
 use crate::rng::Rng;
-use anyhow::Result;
+use crate::state::{self, Fingerprint};
+use anyhow::{Context, Result};
 use serde::Serialize;
+use std::path::Path;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +37,74 @@ pub struct BenchReport {
     pub sequential_weight_bytes_per_token: u64,
     pub sequential_fraction_of_bandwidth: f64,
     pub seed_500_cell_predicted_peak_bytes: u64,
+    /// Measured on the CPU bench only.
+    pub state_write: Option<StateWriteBench>,
+}
+
+/// The resume state's write cost: a state written as a cell writes it
+/// (streamed, checksummed, flushed to disk, renamed), and what that rate
+/// predicts for the seed's 500-sample cell against this bench's Phase-1
+/// and Phase-2 rates.
+#[derive(Clone, Debug, Serialize)]
+pub struct StateWriteBench {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub gb_per_s: f64,
+    pub seed_500_phase1_state_bytes: u64,
+    pub seed_500_phase1_write_seconds: f64,
+    /// The write's share of a Phase-1 iteration plus the write.
+    pub seed_500_phase1_write_share: f64,
+    pub seed_500_phase2_state_bytes: u64,
+    pub seed_500_phase2_write_seconds: f64,
+    /// The write's share of a Phase-2 epoch (training positions only) plus the write.
+    pub seed_500_phase2_write_share: f64,
+}
+
+/// Times a 1 GiB state write into `dir` (best of 2) and predicts the seed
+/// 500-sample cell's writes from it; `phase1_tps` / `phase2_tps` are the
+/// bench's tokens per second of a Phase-1 iteration and a Phase-2 step.
+pub fn state_write(
+    dir: &Path,
+    cfg: &Config,
+    phase1_tps: f64,
+    phase2_tps: f64,
+) -> Result<StateWriteBench> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("bench-{}.state", std::process::id()));
+    // distinct values, so no layer below can compress them away
+    let values: Vec<f32> = (0..256u32 << 20).map(|i| i as f32).collect();
+    let fingerprint = Fingerprint::new(cfg, &[], &[])?;
+    let mut best = f64::INFINITY;
+    let mut bytes = 0;
+    for _ in 0..2 {
+        let t = Instant::now();
+        bytes = state::write(
+            &path,
+            &fingerprint,
+            serde_json::json!({}),
+            &[("x", &values)],
+        )?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    state::remove(&path)?;
+    let rate = bytes as f64 / best;
+    let (n, m) = SEED_500_CELL_TOKENS;
+    let (ctx, tok) = trainable_counts(cfg);
+    let (p1, p2) = state_values(ctx, tok, n, m, cfg.context_dim);
+    let (p1, p2) = (state::file_bytes(p1), state::file_bytes(p2));
+    let (w1, w2) = (p1 as f64 / rate, p2 as f64 / rate);
+    let (iteration, epoch) = (n as f64 / phase1_tps, n as f64 / phase2_tps);
+    Ok(StateWriteBench {
+        bytes,
+        seconds: best,
+        gb_per_s: rate / 1e9,
+        seed_500_phase1_state_bytes: p1,
+        seed_500_phase1_write_seconds: w1,
+        seed_500_phase1_write_share: w1 / (iteration + w1),
+        seed_500_phase2_state_bytes: p2,
+        seed_500_phase2_write_seconds: w2,
+        seed_500_phase2_write_share: w2 / (epoch + w2),
+    })
 }
 
 /// The seed preset's 500-sample cell on UltraChat (train, validation tokens),
@@ -170,5 +242,19 @@ pub fn table(r: &BenchReport) -> String {
         "seed 500-sample cell: predicted peak memory {}\n",
         gib(r.seed_500_cell_predicted_peak_bytes)
     );
+    if let Some(w) = &r.state_write {
+        s += &format!(
+            "resume state: {} written in {:.2}s = {:.2} GB/s (checksummed, flushed to disk); seed 500-sample cell: Phase-1 state {} = {:.1}s per write, {:.1}% of an iteration; Phase-2 state {} = {:.1}s, {:.1}% of an epoch\n",
+            gib(w.bytes),
+            w.seconds,
+            w.gb_per_s,
+            gib(w.seed_500_phase1_state_bytes),
+            w.seed_500_phase1_write_seconds,
+            100.0 * w.seed_500_phase1_write_share,
+            gib(w.seed_500_phase2_state_bytes),
+            w.seed_500_phase2_write_seconds,
+            100.0 * w.seed_500_phase2_write_share
+        );
+    }
     s
 }

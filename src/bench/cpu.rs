@@ -3,8 +3,8 @@
 //! cell, each against the in-process GEMM peak or read bandwidth.
 
 use super::common::{
-    gemm_peak, phase1_input, phase1_stage_name, random_ids, read_bandwidth, stage, time_it,
-    BenchReport, SEED_500_CELL_TOKENS,
+    gemm_peak, phase1_input, phase1_stage_name, random_ids, read_bandwidth, stage, state_write,
+    time_it, BenchReport, SEED_500_CELL_TOKENS,
 };
 use crate::config::Config;
 use crate::memory::gib;
@@ -18,9 +18,15 @@ use crate::models::transformer::{self, model::Transformer, train::Trainer};
 use crate::ops;
 use crate::rng::Rng;
 use anyhow::Result;
+use std::path::Path;
 
 /// Runs every stage for `base` (the seed preset by default).
-pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
+pub fn run(
+    base: &Config,
+    phase2_batch: usize,
+    seq_tokens: usize,
+    state_dir: &Path,
+) -> Result<BenchReport> {
     let threads = ops::set_threads(base.threads);
     eprintln!("bench: {threads} threads; measuring the GEMM peak and read bandwidth ...");
     let peak = gemm_peak();
@@ -53,6 +59,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         p2.backward(&model, &s, 0, phase2_batch);
         p2.step(&mut model);
     });
+    let phase2_tps = phase2_batch as f64 / t.0;
     stages.push(stage(
         "phase2_step",
         t,
@@ -67,6 +74,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     drop(p2);
 
     // Phase 1: one full iteration over one batch of rows, both modes.
+    let mut phase1_tps = 0.0;
     for all_layers in [false, true] {
         let (model, ids, prev) = phase1_input(base, all_layers)?;
         let n = ids.len();
@@ -80,6 +88,9 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
             peak,
             format!("{n} rows, {:.0} tokens/s", n as f64 / t.0),
         ));
+        if all_layers == base.token_input_all_layers {
+            phase1_tps = n as f64 / t.0;
+        }
     }
 
     // Sequential recurrent pass: bandwidth-bound (each token reads every weight).
@@ -175,6 +186,11 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
 
     let predicted = predict_peak_bytes(&model.cfg, n500, m500);
     eprintln!(
+        "bench: timing a resume-state write in {} ...",
+        state_dir.display()
+    );
+    let state_write = state_write(state_dir, base, phase1_tps, phase2_tps)?;
+    eprintln!(
         "seed 500-sample cell (529,173 / 58,797 tokens): predicted peak {}",
         gib(predicted)
     );
@@ -187,5 +203,6 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         sequential_weight_bytes_per_token: weight_bytes,
         sequential_fraction_of_bandwidth: frac,
         seed_500_cell_predicted_peak_bytes: predicted,
+        state_write: Some(state_write),
     })
 }

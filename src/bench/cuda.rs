@@ -184,5 +184,6 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         sequential_weight_bytes_per_token: weight_bytes,
         sequential_fraction_of_bandwidth: weight_bytes as f64 * tps / 1e9 / bw,
         seed_500_cell_predicted_peak_bytes: predicted,
+        state_write: None,
     })
 }

@@ -13,12 +13,19 @@ pub use common::{table, BenchReport};
 
 use crate::config::Config;
 use anyhow::Result;
+use std::path::Path;
 
-/// Runs every stage for `base` (the seed preset by default) on its device.
-pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<BenchReport> {
+/// Runs every stage for `base` (the seed preset by default) on its device;
+/// the CPU bench times a resume-state write in `state_dir`.
+pub fn run(
+    base: &Config,
+    phase2_batch: usize,
+    seq_tokens: usize,
+    state_dir: &Path,
+) -> Result<BenchReport> {
     match base.device.as_str() {
         "cuda" => run_cuda(base, phase2_batch, seq_tokens),
-        _ => cpu::run(base, phase2_batch, seq_tokens),
+        _ => cpu::run(base, phase2_batch, seq_tokens, state_dir),
     }
 }
 

@@ -278,9 +278,10 @@ fn write_cache(path: &Path, key: &[u8; 32], tokens: &Tokenized) -> Result<()> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
-    std::fs::write(&tmp, &body).with_context(|| {
-        format!(
-            "cannot write token cache {}; choose a writable cache directory",
+    std::fs::write(&tmp, &body).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!(
+            "cannot write token cache {}: {e}; choose a writable cache directory with free space",
             tmp.display()
         )
     })?;

@@ -125,7 +125,7 @@ mod tests {
         let err = run_cell(ModelKind::NewLlm, &cfg, 1, &dir, &dir).unwrap_err();
         assert_eq!(err.to_string(), want.to_string());
         assert!(!dir.exists(), "nothing is written before the device check");
-        let err = crate::bench::run(&cfg, 8, 2).unwrap_err();
+        let err = crate::bench::run(&cfg, 8, 2, &dir).unwrap_err();
         assert_eq!(err.to_string(), want.to_string());
     }
 }

@@ -57,15 +57,35 @@ fn render(plot: &impl Plot, stem: &Path) -> Result<Vec<PathBuf>> {
     ensure_font()?;
     let svg = stem.with_extension("svg");
     let png = stem.with_extension("png");
-    {
-        let root = SVGBackend::new(&svg, plot.size()).into_drawing_area();
+    // Drawn into temporary files and renamed, so a full disk leaves the
+    // previous plots intact.
+    let (svg_tmp, png_tmp) = (
+        stem.with_extension("tmp.svg"),
+        stem.with_extension("tmp.png"),
+    );
+    let drawn = (|| {
+        {
+            let root = SVGBackend::new(&svg_tmp, plot.size()).into_drawing_area();
+            plot.draw(&root)?;
+            root.present().map_err(plot_err)?;
+        }
+        let root = BitMapBackend::new(&png_tmp, plot.size()).into_drawing_area();
         plot.draw(&root)?;
-        root.present().map_err(plot_err)?;
-    }
-    {
-        let root = BitMapBackend::new(&png, plot.size()).into_drawing_area();
-        plot.draw(&root)?;
-        root.present().map_err(plot_err)?;
+        root.present().map_err(plot_err)
+    })();
+    let moved = drawn.and_then(|()| {
+        std::fs::rename(&svg_tmp, &svg)?;
+        std::fs::rename(&png_tmp, &png)?;
+        Ok(())
+    });
+    if let Err(e) = moved {
+        let _ = std::fs::remove_file(&svg_tmp);
+        let _ = std::fs::remove_file(&png_tmp);
+        return Err(e.context(format!(
+            "cannot write {} / {}; earlier files are intact",
+            svg.display(),
+            png.display()
+        )));
     }
     Ok(vec![svg, png])
 }

@@ -95,7 +95,7 @@ impl SweepResults {
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
         use anyhow::Context;
         let json = serde_json::to_string_pretty(self).context("serialising sweep results")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+        crate::io::write_atomic(path, json.as_bytes())
     }
 
     pub fn load(path: &std::path::Path) -> anyhow::Result<SweepResults> {

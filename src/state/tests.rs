@@ -110,10 +110,26 @@ fn a_state_of_another_run_is_refused_naming_the_difference() {
 }
 
 #[test]
-fn the_saver_writes_at_every_safe_point_by_default_and_not_between_intervals() {
+fn by_default_a_write_is_due_while_writing_stays_within_five_percent() {
+    // a write of 1 s: due after 19 s of work (1 / 20 = 5%), not after 18
+    assert!(write_due(0.0, 19.0, 1.0));
+    assert!(!write_due(0.0, 18.0, 1.0));
+    // the first safe point always writes
+    assert!(write_due(0.0, 0.0, 0.0));
+    // an interval ignores the cost
+    assert!(write_due(60.0, 60.0, 100.0));
+    assert!(!write_due(60.0, 59.0, 0.0));
+}
+
+#[test]
+fn the_saver_writes_at_every_safe_point_with_a_tiny_interval_and_not_between_long_ones() {
     let dir = scratch("saver");
     let fp = fingerprint(1);
-    let mut every = Saver::new(dir.join("a.state"), fp.clone(), &Config::default());
+    let cfg = Config {
+        state_interval_seconds: 1e-9,
+        ..Config::default()
+    };
+    let mut every = Saver::new(dir.join("a.state"), fp.clone(), &cfg);
     let mut hourly = Saver::new(
         dir.join("b.state"),
         fp,

@@ -295,6 +295,5 @@ pub fn write_compare_report(dir: &Path, sides: &[(String, SweepResults)]) -> Res
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     plots::write_compare_plot(&dir.join("plots"), sides)?;
     let path = dir.join("compare.md");
-    std::fs::write(&path, render_compare_report(sides))
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::io::write_atomic(&path, render_compare_report(sides).as_bytes())
 }

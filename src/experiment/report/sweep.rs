@@ -316,6 +316,5 @@ pub fn write_report(dir: &Path, results: &SweepResults) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     plots::write_sweep_plots(&dir.join("plots"), results)?;
     let path = dir.join("report.md");
-    std::fs::write(&path, render_report(results))
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::io::write_atomic(&path, render_report(results).as_bytes())
 }

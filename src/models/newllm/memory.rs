@@ -19,7 +19,7 @@ pub fn block_acts_bytes(layers: &[LayerShape], cap: usize) -> u64 {
 }
 
 /// Parameters of the ContextBlock, and of the TokenBlock with its head.
-fn trainable_counts(cfg: &Config) -> (usize, usize) {
+pub fn trainable_counts(cfg: &Config) -> (usize, usize) {
     let (ctx, tok) = block_param_counts(cfg);
     (ctx, tok + cfg.vocab_size * cfg.embed_dim + cfg.vocab_size)
 }
@@ -72,11 +72,6 @@ pub fn predict_peak_bytes(cfg: &Config, n: usize, m: usize) -> u64 {
 /// until the new one is complete, so the disk briefly holds two.
 pub fn predict_state_bytes(cfg: &Config, n: usize, m: usize) -> u64 {
     let (ctx, tok) = trainable_counts(cfg);
-    crate::state::file_bytes(super::resume::max_state_values(
-        ctx,
-        tok,
-        n,
-        m,
-        cfg.context_dim,
-    ))
+    let (phase1, phase2) = super::resume::state_values(ctx, tok, n, m, cfg.context_dim);
+    crate::state::file_bytes(phase1.max(phase2))
 }

@@ -132,11 +132,17 @@ pub fn restore(mut l: Loaded, model: &mut Model, n: usize, m: usize) -> Result<S
     Ok(saved)
 }
 
-/// f32 values a state holds at its largest (the disk prediction): Phase 1
-/// (contexts + three copies of the ContextBlock) or Phase 2 (both caches,
-/// the ContextBlock and four copies of the TokenBlock + head).
-pub fn max_state_values(ctx_params: usize, tok_params: usize, n: usize, m: usize, c: usize) -> u64 {
+/// f32 values of a Phase-1 state (contexts + the ContextBlock and its two
+/// Adam moments) and of a Phase-2 state (both caches, the ContextBlock, and
+/// the TokenBlock + head with its moments and best copy).
+pub fn state_values(
+    ctx_params: usize,
+    tok_params: usize,
+    n: usize,
+    m: usize,
+    c: usize,
+) -> (u64, u64) {
     let phase1 = n * c + 3 * ctx_params;
     let phase2 = (n + m - 2) * c + ctx_params + 4 * tok_params;
-    phase1.max(phase2) as u64
+    (phase1 as u64, phase2 as u64)
 }
