@@ -17,7 +17,8 @@ use std::path::PathBuf;
 #[command(
     name = "newllm",
     version,
-    about = "New-LLM: fixed-point context learning and its scaling experiments"
+    about = "New-LLM: fixed-point context learning and its scaling experiments",
+    after_help = "Exit status: 0 done; 1 error; 75 stopped by SIGTERM or Ctrl-C after saving the running cell's state (rerun the same command to continue); 130 / 143 a second Ctrl-C / SIGTERM stopped it at once (the last state written is kept)."
 )]
 struct Cli {
     #[command(subcommand)]

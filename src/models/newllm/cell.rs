@@ -11,7 +11,7 @@ use super::memory::{predict_peak_bytes, predict_state_bytes};
 use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
-use super::resume::{restore, Meta, Saved, Stage, StageSeconds};
+use super::resume::{phase1_line, phase2_line, restore, Meta, Saved, Stage, StageSeconds};
 use crate::cell_result::{CellResult, NewLlmResult, Timings};
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
@@ -142,29 +142,10 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
             );
             s.meta.clone()
         }
-        None => Meta {
-            stage: Stage::Phase1,
-            seconds: StageSeconds::default(),
-            phase1_log: Vec::new(),
-            phase1_converged: false,
-            phase1_adam_t: 0,
-            noise: None,
-            train_er: 0.0,
-            val_er: 0.0,
-            phase2: None,
-            phase2_adam_t: 0,
-        },
+        None => Meta::default(),
     };
     // The log so far is the state's; lines written after it are redone.
-    let mut lines: Vec<serde_json::Value> = meta
-        .phase1_log
-        .iter()
-        .map(|it| serde_json::json!({"stage": "phase1", "iteration": it}))
-        .collect();
-    for e in meta.phase2.iter().flat_map(|p| &p.epochs) {
-        lines.push(serde_json::json!({"stage": "phase2", "epoch": e}));
-    }
-    rewrite_log(&log, &lines)?;
+    rewrite_log(&log, &meta.log_lines())?;
     let (mut phase1, mut train_src, mut val_src, mut phase2) = match saved {
         Some(s) => (s.phase1, s.train_src, s.val_src, s.phase2),
         None => (None, None, None, None),
@@ -195,10 +176,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
                     100.0 * it.convergence_rate,
                     it.seconds
                 );
-                log_line(
-                    &log,
-                    &serde_json::json!({"stage": "phase1", "iteration": it}),
-                )?;
+                log_line(&log, &phase1_line(it))?;
                 let Some(s) = snapshot else { return Ok(()) };
                 meta.phase1_log = log_so_far.to_vec();
                 meta.phase1_adam_t = s.adam.t;
@@ -301,7 +279,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
                 100.0 * e.val_acc,
                 e.seconds
             );
-            log_line(&log, &serde_json::json!({"stage": "phase2", "epoch": e}))?;
+            log_line(&log, &phase2_line(e))?;
             let Some(s) = snapshot else { return Ok(()) };
             meta.stage = Stage::Phase2;
             meta.phase2 = Some(progress.clone());

@@ -12,7 +12,7 @@
 use super::model::Model;
 use super::phase1::Phase1Resume;
 use super::phase2::Phase2Resume;
-use crate::cell_result::Phase1Iteration;
+use crate::cell_result::{Epoch, Phase1Iteration};
 use crate::ops::Adam;
 use crate::rng::Rng;
 use crate::state::Loaded;
@@ -21,9 +21,10 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// The last safe point a state was written at, in the order a cell runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    #[default]
     Phase1,
     TrainCache,
     Caches,
@@ -43,8 +44,8 @@ pub struct StageSeconds {
     pub total: f64,
 }
 
-/// The meta of a New-LLM state.
-#[derive(Clone, Serialize, Deserialize)]
+/// The meta of a New-LLM state (the default: a cell before its first iteration).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Meta {
     pub stage: Stage,
     pub seconds: StageSeconds,
@@ -60,6 +61,25 @@ pub struct Meta {
     /// Stage `phase2` only.
     pub phase2: Option<EpochProgress>,
     pub phase2_adam_t: u32,
+}
+
+impl Meta {
+    /// The cell's log lines so far (log.jsonl), as an uninterrupted run wrote them.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        let phase1 = self.phase1_log.iter().map(phase1_line);
+        let phase2 = self.phase2.iter().flat_map(|p| &p.epochs).map(phase2_line);
+        phase1.chain(phase2).collect()
+    }
+}
+
+/// A Phase-1 iteration's line in the cell's log.
+pub fn phase1_line(it: &Phase1Iteration) -> serde_json::Value {
+    serde_json::json!({"stage": "phase1", "iteration": it})
+}
+
+/// A Phase-2 epoch's line in the cell's log.
+pub fn phase2_line(e: &Epoch) -> serde_json::Value {
+    serde_json::json!({"stage": "phase2", "epoch": e})
 }
 
 /// A state read back for this cell, its arrays taken out by stage.
