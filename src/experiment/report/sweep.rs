@@ -195,6 +195,8 @@ fn stage_heading(key: &str) -> String {
         "phase1" => "Phase 1".into(),
         "phase2" => "Phase 2".into(),
         "effective_rank" => "ER".into(),
+        // Spent inside the training stages, not after them.
+        "state_write" => "Of which state writes".into(),
         _ => {
             let text = key.replace('_', " ");
             let mut chars = text.chars();
