@@ -10,8 +10,10 @@
 //!   H bytes                   header JSON (`Header`)
 //!   f32 arrays                in the order `Header::arrays` lists them
 //!   u32                       CRC-32 of every byte before it
-//! Not safetensors: its writer builds the whole file in one buffer, and at
-//! 529k tokens the Phase-1 contexts alone are 1.6 GB; this one streams.
+//! Not safetensors: it has no checksum, and its reader parses one buffer
+//! holding the whole file, which at 529k tokens (1.7-2.4 GiB of state)
+//! would double the memory a resume needs; this format streams both ways
+//! through its CRC.
 
 use crate::config::Config;
 use crate::io::{remove_tmp_files, write_file_atomic};

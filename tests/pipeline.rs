@@ -231,14 +231,19 @@ fn sweep_resumes_skips_finished_cells_and_refuses_other_configs() {
     assert!(results["cells"][1]["val_ppl"].as_f64().unwrap() > 1.0);
     assert_eq!(results["config"]["embed_dim"], 8);
 
-    // Rerun: the finished cell is skipped (its checkpoint is not recreated).
+    // Rerun: the finished cell is skipped (its checkpoint is not recreated),
+    // and a state left by a kill between its result and the state's
+    // removal is removed.
     std::fs::remove_file(out.join("cell-4.safetensors")).unwrap();
+    std::fs::write(out.join("cell-4.state"), "left over").unwrap();
     let before = std::fs::read(out.join("cell-4.json")).unwrap();
     run_sweep(&cfg, &out, &cache, None).unwrap();
     assert!(
         !out.join("cell-4.safetensors").exists(),
         "finished cell was rerun"
     );
+    assert!(!out.join("cell-4.state").exists());
+    assert!(!out.join("cell-4.claim").exists());
     assert_eq!(before, std::fs::read(out.join("cell-4.json")).unwrap());
 
     // A different config refuses to mix into the same directory.

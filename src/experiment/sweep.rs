@@ -8,6 +8,7 @@ use super::cell::{load_cell_split, run_model_cell, summary_line};
 use super::report::{write_compare_report, write_report};
 use super::results::{analyse, SweepResults};
 use crate::cell_result::CellResult;
+use crate::claim::Claim;
 use crate::config::Config;
 use crate::io::write_atomic;
 use crate::models::{self, replicate_config, CellPaths, ModelKind};
@@ -86,6 +87,21 @@ fn finished_cell(
         .then_some(r)
 }
 
+/// Removes the state of a finished run, left when a kill landed between its
+/// result and the state's removal; only under the run's claim, so never
+/// from under a process still computing it.
+fn remove_leftover_state(paths: &CellPaths) {
+    if !paths.state.exists() {
+        return;
+    }
+    if let Ok(claim) = Claim::take(&paths.claim, "a finished run") {
+        if let Err(e) = crate::state::remove(&paths.state) {
+            eprintln!("{e:#}");
+        }
+        claim.release();
+    }
+}
+
 /// Every (model, replicate) a cell of `cfg` trains, New-LLM first.
 fn cell_jobs(cfg: &Config) -> Vec<(ModelKind, usize)> {
     ModelKind::for_config(cfg)
@@ -127,6 +143,7 @@ pub fn run_sweep(
             .filter(|&(m, r)| match finished_cell(dir, cfg, m, samples, r) {
                 Some(done) => {
                     eprintln!("cell {i} already has: {}", summary_line(&done));
+                    remove_leftover_state(&CellPaths::new(dir, m, samples, r));
                     false
                 }
                 None => true,
