@@ -67,3 +67,25 @@ pub fn refuse_if_disk_too_small(path: &std::path::Path, needed: u64) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_larger_than_the_free_disk_is_refused_naming_the_place_and_figures() {
+        let path = std::env::temp_dir().join("cell-5.state");
+        let free = available_disk(&path).expect("statvfs works on the temp directory");
+        assert!(free > 0);
+        assert!(refuse_if_disk_too_small(&path, free / 2).is_ok());
+        let err = refuse_if_disk_too_small(&path, free.saturating_mul(4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("this cell's resume state needs about ")
+                && err.contains(&format!("on disk next to {} but only ", path.display()))
+                && err.contains(" GiB is free; free some space"),
+            "{err}"
+        );
+    }
+}

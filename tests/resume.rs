@@ -231,6 +231,20 @@ fn sigterm_stops_at_the_next_safe_point_with_its_state_written() {
         stderr(&o)
     );
     assert_same_cell(&s.dir, "cell-8", "stopped", "reference");
+    // the Slurm path: a sweep task stops the same way, and its rerun finishes the sweep
+    let out = s.dir.join("sweep");
+    let args = ["sweep", "--out", out.to_str().unwrap(), "--cell", "0"];
+    let o = s.run(&args, Some("phase2-2:TERM"));
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(stderr(&o)
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("stopped by SIGTERM"));
+    assert!(!out.join("results.json").exists());
+    assert_ok(&s.run(&args, None));
+    assert!(out.join("results.json").exists());
+    assert_same_cell(&s.dir, "cell-8", "sweep", "reference");
 }
 
 #[test]
