@@ -9,16 +9,20 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=24:00:00
 #SBATCH --requeue                # a preempted task goes back into the queue
-#SBATCH --signal=TERM@300        # SIGTERM to newllm 5 minutes before the time limit
+# SIGTERM to newllm this long before the time limit: more than one step
+# (a Phase-2 epoch of the 529k-token seed cell is ~20 min on 2 cores; scale
+# by your cores) plus one state write, so the stop lands on a safe point.
+#SBATCH --signal=TERM@1800
 #SBATCH --open-mode=append       # a requeued task appends to its output
 #SBATCH --output=newllm-seed-%A_%a.out
 
 srun newllm sweep --preset seed --out /shared/runs/seed \
     --cell "$SLURM_ARRAY_TASK_ID" --set threads="$SLURM_CPUS_PER_TASK"
 status=$?
-# 75: stopped on the signal after saving the cell's state: continue it in a
+# 75: stopped on the signal after saving the cell's state; 130/143: stopped
+# at once by a second signal, the last state kept. Either way continue in a
 # new allocation (a preemption requeues by itself; a time limit does not).
-if [ "$status" -eq 75 ]; then
-    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-fi
+case "$status" in
+    75|130|143) scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" ;;
+esac
 exit "$status"

@@ -18,9 +18,7 @@ pub struct Claim {
 
 /// Who holds a claim, as written into the claim file.
 fn owner_line() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown host".into());
+    let host = crate::io::hostname();
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -34,10 +32,23 @@ fn owner_line() -> String {
     )
 }
 
+/// The host named in an owner line.
+fn owner_host(owner: &str) -> Option<&str> {
+    let rest = owner.split_once(" on ")?.1;
+    rest.split(", ").next()
+}
+
+/// How long a claim held from another host is waited for: a node that died
+/// holding it keeps its lock on NFS until its lease ends (90 s by default
+/// on NFSv4).
+const OTHER_HOST_WAIT: std::time::Duration = std::time::Duration::from_secs(150);
+
 impl Claim {
     /// Claims `path` for this process, or refuses naming the live owner.
     /// `what` names the cell run in messages.
     pub fn take(path: &Path, what: &str) -> Result<Claim> {
+        let start = std::time::Instant::now();
+        let mut waiting = false;
         loop {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
@@ -51,6 +62,20 @@ impl Claim {
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let mut owner = String::new();
                     let _ = file.read_to_string(&mut owner);
+                    let elsewhere =
+                        owner_host(owner.trim()).is_some_and(|h| h != crate::io::hostname());
+                    if elsewhere && start.elapsed() < OTHER_HOST_WAIT {
+                        if !waiting {
+                            eprintln!(
+                                "{what} is claimed from another host ({}); waiting up to {} s in case that node died holding the lock",
+                                owner.trim(),
+                                OTHER_HOST_WAIT.as_secs()
+                            );
+                            waiting = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        continue;
+                    }
                     bail!(
                         "{what} is being computed by another process ({}); claim {}. Wait for it, or stop it and rerun",
                         owner.trim(),
@@ -82,9 +107,9 @@ impl Claim {
                     old.trim()
                 );
             }
-            file.set_len(0)?;
-            file.rewind()?;
-            writeln!(file, "{}", owner_line())
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| writeln!(file, "{}", owner_line()))
                 .with_context(|| format!("cannot write claim {}", path.display()))?;
             return Ok(Claim {
                 file,
@@ -127,5 +152,18 @@ mod tests {
         second.release();
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_owner_host_is_read_from_the_claim_line() {
+        assert_eq!(
+            owner_host("pid 12 on node-3.cluster, Slurm job 77, since unix time 5"),
+            Some("node-3.cluster")
+        );
+        assert_eq!(
+            owner_host("pid 12 on laptop, since unix time 5"),
+            Some("laptop")
+        );
+        assert_eq!(owner_host(""), None);
     }
 }

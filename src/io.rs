@@ -6,10 +6,25 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// This machine's name, for claims and temporary files.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// A tag no other writer shares, even on another node of a shared
+/// filesystem: host, pid and a count within the process.
+pub fn unique_tag() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{}-{n}", hostname(), std::process::id())
+}
+
 /// The temporary file `path` is written to before the rename.
 fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
+    name.push(format!(".tmp-{}", unique_tag()));
     path.with_file_name(name)
 }
 
@@ -68,6 +83,12 @@ pub fn write_file_atomic(
         let _ = std::fs::remove_file(&tmp);
         write_error(e, path)
     })?;
+    // The rename itself survives a power loss only once the folder is flushed.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
     Ok(bytes)
 }
 
@@ -147,7 +168,7 @@ mod tests {
         assert_eq!(left.len(), 1, "the temporary file is removed");
         // a temporary file from a killed writer is cleaned up
         std::fs::write(tmp_path(&path), b"x").unwrap();
-        std::fs::write(dir.join("result.json.tmp1"), b"x").unwrap();
+        std::fs::write(dir.join("result.json.tmp-otherhost-1-0"), b"x").unwrap();
         remove_tmp_files(&path);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();

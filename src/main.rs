@@ -219,6 +219,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train { .. } | Cmd::Sweep { .. } | Cmd::Compare { .. }
     ) {
         newllm::stop::install()?;
+        // Before anything long: a resume must know the build that started.
+        newllm::state::code_id()?;
     }
     match cli.cmd {
         Cmd::Train {

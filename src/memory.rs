@@ -53,8 +53,12 @@ pub fn available_disk(path: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Refuses a cell whose resumable state cannot fit on the disk of `path`.
-pub fn refuse_if_disk_too_small(path: &std::path::Path, needed: u64) -> Result<()> {
+/// Refuses a cell whose resumable state cannot fit on the disk of `path`:
+/// a state of `state_bytes`, written beside the previous one before that
+/// one goes (a resumed cell's previous state is already on the disk).
+pub fn refuse_if_disk_too_small(path: &std::path::Path, state_bytes: u64) -> Result<()> {
+    let existing = std::fs::metadata(path).map_or(0, |m| m.len());
+    let needed = (2 * state_bytes).saturating_sub(existing);
     if let Some(free) = available_disk(path) {
         if needed > free {
             bail!(
@@ -77,8 +81,8 @@ mod tests {
         let path = std::env::temp_dir().join("cell-5.state");
         let free = available_disk(&path).expect("statvfs works on the temp directory");
         assert!(free > 0);
-        assert!(refuse_if_disk_too_small(&path, free / 2).is_ok());
-        let err = refuse_if_disk_too_small(&path, free.saturating_mul(4))
+        assert!(refuse_if_disk_too_small(&path, free / 4).is_ok());
+        let err = refuse_if_disk_too_small(&path, free.saturating_mul(2))
             .unwrap_err()
             .to_string();
         assert!(

@@ -88,14 +88,17 @@ impl Fingerprint {
     }
 }
 
-/// The running program's identity, computed once.
-fn code_id() -> Result<String> {
+/// The running program's identity, computed once (the commands that train
+/// compute it at start, before the binary can be rebuilt under them).
+pub fn code_id() -> Result<String> {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     if let Some(id) = ID.get() {
         return Ok(id.clone());
     }
-    let exe = std::env::current_exe().context("cannot locate the running executable")?;
-    let bytes = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    // The running image, even if its file was replaced since.
+    let bytes = std::fs::read("/proc/self/exe")
+        .or_else(|_| std::fs::read(std::env::current_exe()?))
+        .context("cannot read the running executable")?;
     let id = format!(
         "newllm {} build {:08x}",
         env!("CARGO_PKG_VERSION"),
@@ -195,7 +198,8 @@ pub enum Found {
 }
 
 /// Reads the state at `path` for a run with `want`. A state written for
-/// another config, program or data is an error saying how to start over.
+/// another config, program or data is an error saying how to start over
+/// (the file is kept); only a damaged one is removed.
 pub fn read(path: &Path, want: &Fingerprint) -> Result<Found> {
     // Left by a writer killed mid-write; the claim makes this process the only writer.
     remove_tmp_files(path);
@@ -204,14 +208,23 @@ pub fn read(path: &Path, want: &Fingerprint) -> Result<Found> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let (header, arrays) = match read_checked(file) {
-        Ok(x) => x,
-        Err(e) => {
-            std::fs::remove_file(path)
-                .with_context(|| format!("cannot remove damaged state {}", path.display()))?;
-            return Ok(Found::Damaged(format!("{e:#}")));
-        }
+    let foreign = |why: String| {
+        anyhow::anyhow!(
+            "{} holds a cell's state this build of newllm cannot read ({why}); rerun with the newllm that wrote it to continue it, or delete it to start this cell over",
+            path.display()
+        )
     };
+    let (header, arrays) =
+        match read_checked(file).with_context(|| format!("cannot read {}", path.display()))? {
+            Checked::Intact(header, arrays) => (header, arrays),
+            Checked::Foreign(why) => return Err(foreign(why)),
+            Checked::Damaged(why) => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove damaged state {}", path.display()))?;
+                return Ok(Found::Damaged(why));
+            }
+        };
+    let header: Header = serde_json::from_value(header).map_err(|e| foreign(e.to_string()))?;
     let diff = header.fingerprint.differences(want)?;
     if !diff.is_empty() {
         bail!(
@@ -227,54 +240,89 @@ pub fn read(path: &Path, want: &Fingerprint) -> Result<Found> {
     }))
 }
 
+/// What the bytes of a state file turned out to be.
+enum Checked {
+    /// Its checksum holds: the header (as JSON) and the arrays.
+    Intact(serde_json::Value, BTreeMap<String, Vec<f32>>),
+    /// Its checksum holds, but it is laid out by another version.
+    Foreign(String),
+    /// Short, or failing its checksum.
+    Damaged(String),
+}
+
 /// Reads a whole state, checking the magic, the lengths and the checksum.
-fn read_checked(file: std::fs::File) -> Result<(Header, BTreeMap<String, Vec<f32>>)> {
+/// I/O errors other than running out of bytes are errors, not damage.
+fn read_checked(file: std::fs::File) -> std::io::Result<Checked> {
     let len = file.metadata()?.len();
     let mut r = Crc(
         BufReader::with_capacity(1 << 20, file),
         crc32fast::Hasher::new(),
     );
+    let damaged = |why: String| Ok(Checked::Damaged(why));
+    if len < (MAGIC.len() + 8 + 4) as u64 {
+        return damaged(format!("{len} bytes, shorter than any state"));
+    }
     let mut magic = [0u8; 16];
-    r.read_exact(&mut magic).context("shorter than its magic")?;
+    r.read_exact(&mut magic)?;
     if &magic != MAGIC {
-        bail!("not a newllm state file (bad magic)");
+        if magic.starts_with(b"NEWLLM-STATE-") {
+            let version = String::from_utf8_lossy(&magic[13..]).trim().to_string();
+            return Ok(Checked::Foreign(format!("state format {version}")));
+        }
+        return damaged("not a newllm state file (bad magic)".into());
     }
     let mut n = [0u8; 8];
     r.read_exact(&mut n)?;
     let hlen = u64::from_le_bytes(n);
-    if hlen > len {
-        bail!("header length {hlen} exceeds the file's {len} bytes");
+    let body = len - 16 - 8 - 4;
+    if hlen > body {
+        return damaged(format!(
+            "header length {hlen} exceeds the file's {len} bytes"
+        ));
     }
     let mut hbytes = vec![0u8; hlen as usize];
-    r.read_exact(&mut hbytes).context("truncated header")?;
-    let header: Header = serde_json::from_slice(&hbytes).context("unreadable header")?;
-    let values: u64 = header.arrays.iter().map(|(_, l)| *l as u64).sum();
-    if 16 + 8 + hlen + 4 * values + 4 != len {
-        bail!(
-            "{len} bytes where the header describes {}",
-            16 + 8 + hlen + 4 * values + 4
-        );
-    }
+    r.read_exact(&mut hbytes)?;
+    // The layout, if this version can read it and it matches the length.
+    let header: Option<serde_json::Value> = serde_json::from_slice(&hbytes).ok();
+    let layout: Option<Vec<(String, usize)>> = header
+        .as_ref()
+        .and_then(|h| serde_json::from_value(h["arrays"].clone()).ok())
+        .filter(|l: &Vec<(String, usize)>| {
+            l.iter().map(|(_, n)| 4 * *n as u64).sum::<u64>() == body - hlen
+        });
     let mut arrays = BTreeMap::new();
-    for (name, l) in &header.arrays {
-        let mut v = vec![0f32; *l];
-        // SAFETY: any bit pattern is a valid f32; the file is little-endian like x86.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, 4 * v.len()) };
-        r.read_exact(bytes)
-            .with_context(|| format!("truncated array {name}"))?;
-        arrays.insert(name.clone(), v);
+    match &layout {
+        Some(list) => {
+            for (name, l) in list {
+                let mut v = vec![0f32; *l];
+                // SAFETY: any bit pattern is a valid f32; the file is little-endian like x86.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, 4 * v.len())
+                };
+                r.read_exact(bytes)?;
+                arrays.insert(name.clone(), v);
+            }
+        }
+        // Only the checksum can tell damage from another version.
+        None => {
+            std::io::copy(&mut (&mut r).take(body - hlen), &mut std::io::sink())?;
+        }
     }
     let computed = r.1.clone().finalize();
     let mut stored = [0u8; 4];
-    r.0.read_exact(&mut stored).context("no checksum")?;
-    if u32::from_le_bytes(stored) != computed {
-        bail!(
-            "checksum mismatch (stored {:08x}, computed {computed:08x})",
-            u32::from_le_bytes(stored)
-        );
+    r.0.read_exact(&mut stored)?;
+    let stored = u32::from_le_bytes(stored);
+    if stored != computed {
+        return damaged(format!(
+            "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        ));
     }
-    Ok((header, arrays))
+    match (header, layout) {
+        (Some(h), Some(_)) => Ok(Checked::Intact(h, arrays)),
+        _ => Ok(Checked::Foreign(
+            "a header this version does not understand".into(),
+        )),
+    }
 }
 
 fn f32_bytes(a: &[f32]) -> &[u8] {
@@ -378,9 +426,21 @@ impl Saver {
             if !wrote {
                 self.write(meta()?, arrays)?;
             }
-            return crate::stop::check(&self.path);
+            return crate::stop::check(|| crate::stop::saved_in(&self.path));
         }
         Ok(())
+    }
+
+    /// A safe point where the device gives no snapshot (the GPU inside a
+    /// phase): a stop still stops, continuing later from the last state.
+    pub fn safe_point_without_state(&mut self, point: &str) -> Result<()> {
+        crate::stop::test_hook(point);
+        crate::stop::check(|| {
+            format!(
+                "the GPU keeps no state inside Phase 1 or 2, so the cell continues from its last state ({}) if it has one, else from the start",
+                self.path.display()
+            )
+        })
     }
 
     fn write(&mut self, meta: serde_json::Value, arrays: &[(&str, &[f32])]) -> Result<()> {

@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -56,36 +56,41 @@ pub fn requested() -> Option<&'static str> {
     (sig != 0).then(|| signal_name(sig))
 }
 
-/// A run stopped at a safe point on request; its state is at `state`.
+/// A run stopped on request; `saved` says what a rerun continues from.
 #[derive(Debug)]
 pub struct Stopped {
     pub signal: &'static str,
-    pub state: PathBuf,
+    pub saved: String,
 }
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "stopped by {}; the cell's state is saved in {}: rerun the same command to continue (exit status {EXIT_STOPPED})",
-            self.signal,
-            self.state.display()
+            "stopped by {}; {}: rerun the same command to continue (exit status {EXIT_STOPPED})",
+            self.signal, self.saved
         )
     }
 }
 
 impl std::error::Error for Stopped {}
 
-/// After a safe point's write: the `Stopped` error if a stop was asked for.
-pub fn check(state: &Path) -> Result<()> {
+/// The `Stopped` error if a stop was asked for; `saved` describes what a
+/// rerun continues from.
+pub fn check(saved: impl FnOnce() -> String) -> Result<()> {
     match requested() {
         Some(signal) => Err(Stopped {
             signal,
-            state: state.to_path_buf(),
+            saved: saved(),
         }
         .into()),
         None => Ok(()),
     }
+}
+
+/// What a stop after writing the state at `state` leaves.
+pub fn saved_in(state: &Path) -> String {
+    format!("the cell's state is saved in {}", state.display())
 }
 
 /// For the pipeline tests: `NEWLLM_TEST_SIGNAL=POINT:SIG[,...]` sends this

@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The first N samples of a corpus as one token stream, cut into train and
 /// validation parts. `train ++ val` is the whole stream.
@@ -274,10 +273,8 @@ fn write_cache(path: &Path, key: &[u8; 32], tokens: &Tokenized) -> Result<()> {
         )
     })?;
     // Write then rename, so a crash never leaves a half-written cache behind.
-    // Unique per process and call: parallel sweep cells may write at once.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    // Unique per host, process and call: parallel sweep cells may write at once.
+    let tmp = path.with_extension(format!("tmp-{}", crate::io::unique_tag()));
     std::fs::write(&tmp, &body).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         anyhow::anyhow!(

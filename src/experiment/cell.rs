@@ -41,10 +41,17 @@ pub fn run_model_cell(
         split.samples,
         model.name()
     );
+    // A stop that came while the previous run or the data finished.
+    crate::stop::check(|| "between runs, with nothing to save".into())?;
     let claim = Claim::take(&paths.claim, &what)?;
     if let Some(done) = finished.and_then(|f| f()) {
         claim.release();
         return Ok(done);
+    }
+    // Left by a process killed while writing them (the state's are
+    // cleaned where it is read).
+    for p in [&paths.checkpoint, &paths.result, &paths.log] {
+        crate::io::remove_tmp_files(p);
     }
     let run_cfg = replicate_config(cfg, replicate);
     let mut result = models::run_cell(model, &run_cfg, split.samples, split, &paths)?;

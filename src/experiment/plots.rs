@@ -59,9 +59,10 @@ fn render(plot: &impl Plot, stem: &Path) -> Result<Vec<PathBuf>> {
     let png = stem.with_extension("png");
     // Drawn into temporary files and renamed, so a full disk leaves the
     // previous plots intact.
+    let tag = format!("tmp-{}", crate::io::unique_tag());
     let (svg_tmp, png_tmp) = (
-        stem.with_extension("tmp.svg"),
-        stem.with_extension("tmp.png"),
+        stem.with_extension(format!("{tag}.svg")),
+        stem.with_extension(format!("{tag}.png")),
     );
     let drawn = (|| {
         {

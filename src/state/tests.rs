@@ -66,7 +66,7 @@ fn any_damaged_byte_is_caught_and_the_state_removed() {
     let Found::Damaged(why) = read(&path, &fp).unwrap() else {
         panic!("a truncated state was not caught")
     };
-    assert!(why.contains("bytes where the header describes"), "{why}");
+    assert!(why.contains("checksum mismatch"), "{why}");
     // no state at all
     assert!(matches!(read(&path, &fp).unwrap(), Found::None));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -147,5 +147,53 @@ fn the_saver_writes_at_every_safe_point_with_a_tiny_interval_and_not_between_lon
     assert_eq!(hourly.writes, 0);
     let l = loaded(read(&every.path, &every.fingerprint).unwrap());
     assert_eq!(l.meta["k"], 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A state file laid out by hand: `magic`, the header JSON, the values, and
+/// a correct checksum.
+fn raw_state(magic: &[u8; 16], header: &serde_json::Value, values: &[f32]) -> Vec<u8> {
+    let h = serde_json::to_vec(header).unwrap();
+    let mut b = magic.to_vec();
+    b.extend((h.len() as u64).to_le_bytes());
+    b.extend(&h);
+    b.extend(f32_bytes(values));
+    let crc = crc32fast::hash(&b);
+    b.extend(crc.to_le_bytes());
+    b
+}
+
+#[test]
+fn an_intact_state_of_another_version_is_refused_and_kept() {
+    let dir = scratch("foreign");
+    let path = dir.join("cell-5.state");
+    let fp = fingerprint(1);
+    write(&path, &fp, serde_json::json!({}), &[("a", &[1.0, 2.0])]).unwrap();
+    // a later version's config field, with a valid checksum
+    let mut header: serde_json::Value = {
+        let bytes = std::fs::read(&path).unwrap();
+        let hlen = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+        serde_json::from_slice(&bytes[24..24 + hlen]).unwrap()
+    };
+    header["fingerprint"]["config"]["a_later_field"] = serde_json::json!(1);
+    std::fs::write(&path, raw_state(MAGIC, &header, &[1.0, 2.0])).unwrap();
+    let err = read(&path, &fp).err().unwrap().to_string();
+    assert!(
+        err.contains("holds a cell's state this build of newllm cannot read (")
+            && err.contains("a_later_field"),
+        "{err}"
+    );
+    assert!(path.exists(), "an intact state is never removed");
+    // a later layout of the file itself
+    std::fs::write(&path, raw_state(b"NEWLLM-STATE-v2\n", &header, &[])).unwrap();
+    let err = read(&path, &fp).err().unwrap().to_string();
+    assert!(err.contains("(state format v2)"), "{err}");
+    assert!(path.exists());
+    // the same header with a wrong checksum is damage
+    let mut bad = raw_state(MAGIC, &header, &[1.0, 2.0]);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&path, bad).unwrap();
+    assert!(matches!(read(&path, &fp).unwrap(), Found::Damaged(_)));
     std::fs::remove_dir_all(&dir).unwrap();
 }

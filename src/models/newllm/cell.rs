@@ -106,8 +106,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         predicted,
         "use fewer samples, a smaller embed_dim / context_dim / phase1_batch_size / phase2_batch_size, or a machine with more memory",
     )?;
-    // The new state is complete before the old one goes.
-    refuse_if_disk_too_small(&paths.state, 2 * state_bytes)?;
+    refuse_if_disk_too_small(&paths.state, state_bytes)?;
     let t = Instant::now();
     let embedding = if cfg.pretrained_embeddings.is_empty() {
         None
@@ -177,7 +176,9 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
                     it.seconds
                 );
                 log_line(&log, &phase1_line(it))?;
-                let Some(s) = snapshot else { return Ok(()) };
+                let Some(s) = snapshot else {
+                    return saver.safe_point_without_state(&format!("phase1-{}", it.iteration));
+                };
                 meta.phase1_log = log_so_far.to_vec();
                 meta.phase1_adam_t = s.adam.t;
                 meta.noise = Some(s.noise.clone());
@@ -280,7 +281,9 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
                 e.seconds
             );
             log_line(&log, &phase2_line(e))?;
-            let Some(s) = snapshot else { return Ok(()) };
+            let Some(s) = snapshot else {
+                return saver.safe_point_without_state(&format!("phase2-{}", e.epoch));
+            };
             meta.stage = Stage::Phase2;
             meta.phase2 = Some(progress.clone());
             meta.phase2_adam_t = s.adam.t;

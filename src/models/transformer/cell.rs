@@ -232,7 +232,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     // the state: weights, Adam's two moments, the best weights
     let state_bytes = state::file_bytes(4 * model.params.len() as u64);
     eprintln!("  resume state {} on disk", gib(state_bytes));
-    refuse_if_disk_too_small(&paths.state, 2 * state_bytes)?;
+    refuse_if_disk_too_small(&paths.state, state_bytes)?;
     let trainer = Trainer::new(
         &model,
         wpb * dims.block_size,
