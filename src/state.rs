@@ -16,7 +16,7 @@
 //! through its CRC.
 
 use crate::config::Config;
-use crate::io::{remove_tmp_files, write_file_atomic};
+use crate::io::write_file_atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -201,8 +201,6 @@ pub enum Found {
 /// another config, program or data is an error saying how to start over
 /// (the file is kept); only a damaged one is removed.
 pub fn read(path: &Path, want: &Fingerprint) -> Result<Found> {
-    // Left by a writer killed mid-write; the claim makes this process the only writer.
-    remove_tmp_files(path);
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::None),
@@ -394,6 +392,31 @@ impl Saver {
             seconds: 0.0,
             last_bytes: 0,
             writes: 0,
+        }
+    }
+
+    /// The state this run left, if any: a damaged one is reported (and
+    /// removed; the cell starts over), a different thread count warned of.
+    pub fn load(&self) -> Result<Option<Loaded>> {
+        match read(&self.path, &self.fingerprint)? {
+            Found::None => Ok(None),
+            Found::Damaged(why) => {
+                eprintln!(
+                    "  {} was damaged ({why}); it is removed and the cell starts over",
+                    self.path.display()
+                );
+                Ok(None)
+            }
+            Found::State(l) => {
+                let now = crate::ops::threads();
+                if l.threads != now {
+                    eprintln!(
+                        "  the state was written with {} threads and this run has {now}: its numbers may differ in the last bits from an uninterrupted run",
+                        l.threads
+                    );
+                }
+                Ok(Some(l))
+            }
         }
     }
 

@@ -48,9 +48,8 @@ pub fn run_model_cell(
         claim.release();
         return Ok(done);
     }
-    // Left by a process killed while writing them (the state's are
-    // cleaned where it is read).
-    for p in [&paths.checkpoint, &paths.result, &paths.log] {
+    // Left by a process killed while writing them.
+    for p in [&paths.checkpoint, &paths.result, &paths.log, &paths.state] {
         crate::io::remove_tmp_files(p);
     }
     let run_cfg = replicate_config(cfg, replicate);

@@ -11,14 +11,14 @@ use super::memory::{predict_peak_bytes, predict_state_bytes};
 use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
-use super::resume::{phase1_line, phase2_line, restore, Meta, Saved, Stage, StageSeconds};
+use super::resume::{phase1_line, phase2_line, restore, Meta, Stage, StageSeconds};
 use crate::cell_result::{CellResult, NewLlmResult, Timings};
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
 use crate::io::{log_line, rewrite_log};
 use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::CellPaths;
-use crate::state::{self, Fingerprint, Found, Saver};
+use crate::state::{Fingerprint, Saver};
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -50,31 +50,6 @@ impl StageSeconds {
 /// iteration before that.
 pub fn phase2_flops_per_token(ctx: usize, tok: usize, head: usize) -> f64 {
     2.0 * ctx as f64 + 6.0 * (tok + head) as f64
-}
-
-/// The state at `paths.state`, if there is one for this run (a damaged one
-/// is reported and the cell starts over); its weights go into `model`.
-fn read_state(saver: &Saver, model: &mut Model, n: usize, m: usize) -> Result<Option<Saved>> {
-    match state::read(&saver.path, &saver.fingerprint)? {
-        Found::None => Ok(None),
-        Found::Damaged(why) => {
-            eprintln!(
-                "  {} was damaged ({why}); it is removed and the cell starts over",
-                saver.path.display()
-            );
-            Ok(None)
-        }
-        Found::State(l) => {
-            if l.threads != crate::ops::threads() {
-                eprintln!(
-                    "  the state was written with {} threads and this run has {}: its numbers may differ in the last bits from an uninterrupted run",
-                    l.threads,
-                    crate::ops::threads()
-                );
-            }
-            Ok(Some(restore(l, model, n, m)?))
-        }
-    }
 }
 
 /// Trains and evaluates New-LLM on one split, continuing from the cell's
@@ -124,7 +99,11 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         Fingerprint::new(cfg, &split.train, &split.val)?,
         cfg,
     );
-    let saved = read_state(&saver, &mut model, n, m)?;
+    // The state's weights go into `model`.
+    let saved = match saver.load()? {
+        Some(l) => Some(restore(l, &mut model, n, m)?),
+        None => None,
+    };
     let log = paths.log.clone();
     let c = cfg.context_dim;
     let mut meta = match &saved {

@@ -15,7 +15,7 @@ use crate::io::{log_line, rewrite_log, save_safetensors};
 use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::newllm::model::block_param_counts;
 use crate::models::CellPaths;
-use crate::state::{self, Fingerprint, Found, Saver};
+use crate::state::{self, Fingerprint, Saver};
 use crate::train_loop::{self, EpochProgress, EpochSteps};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -181,16 +181,8 @@ impl EpochSteps for Steps<'_> {
 /// The state at `saver.path` for this run, if any (a damaged one is
 /// reported and training starts over), put into `steps`.
 fn resume(steps: &mut Steps, saver: &Saver) -> Result<Option<Meta>> {
-    let mut l = match state::read(&saver.path, &saver.fingerprint)? {
-        Found::None => return Ok(None),
-        Found::Damaged(why) => {
-            eprintln!(
-                "  {} was damaged ({why}); it is removed and training starts over",
-                saver.path.display()
-            );
-            return Ok(None);
-        }
-        Found::State(l) => l,
+    let Some(mut l) = saver.load()? else {
+        return Ok(None);
     };
     let meta: Meta = l.meta()?;
     let p = steps.model.params.len();
