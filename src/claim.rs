@@ -131,8 +131,7 @@ mod tests {
 
     #[test]
     fn a_second_claim_is_refused_naming_the_owner_and_a_released_one_is_taken() {
-        let dir = std::env::temp_dir().join(format!("newllm-claim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::scratch("claim");
         let path = dir.join("cell-5.claim");
         let first = Claim::take(&path, "cell 5").unwrap();
         // flock is per open file, so a second open in this process conflicts too
@@ -151,7 +150,6 @@ mod tests {
         let second = Claim::take(&path, "cell 5").unwrap();
         second.release();
         assert!(!path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -148,8 +148,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_names_the_file_and_keeps_the_old_one() {
-        let dir = std::env::temp_dir().join(format!("newllm-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::scratch("io");
         let path = dir.join("result.json");
         write_atomic(&path, b"old").unwrap();
         let err = write_file_atomic(&path, |f| {
@@ -171,6 +170,5 @@ mod tests {
         std::fs::write(dir.join("result.json.tmp-otherhost-1-0"), b"x").unwrap();
         remove_tmp_files(&path);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

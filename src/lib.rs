@@ -21,6 +21,8 @@ pub mod models;
 pub mod ops;
 pub mod progress;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod scratch;
 pub mod state;
 pub mod stop;
 pub mod train_loop;

@@ -2,6 +2,9 @@
 //! diverging run, and the sweep's resume / atomic-write / config-mismatch /
 //! `--cell` + `report` contract.
 
+mod common;
+
+use common::{strip_timings, temp_dir};
 use newllm::config::Config;
 use newllm::data::Split;
 use newllm::experiment::cell::run_cell;
@@ -12,14 +15,7 @@ use newllm::models::newllm::model::Model;
 use newllm::models::newllm::phase1;
 use newllm::models::newllm::phase2::{self, Stream};
 use newllm::models::{check_split, CellPaths, ModelKind};
-use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("newllm-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::path::Path;
 
 /// A small text corpus: `n` samples of varied English-like sentences.
 fn write_corpus(dir: &Path, n: usize) -> String {
@@ -373,19 +369,6 @@ fn a_cell_that_cannot_fit_in_memory_refuses_up_front() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("this cell needs about"), "{err}");
-}
-
-/// Every model's JSON without the fields that measure the machine, not the run.
-fn strip_timings(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.remove("seconds");
-            m.remove("measured_peak_bytes");
-            m.values_mut().for_each(strip_timings);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_timings),
-        _ => {}
-    }
 }
 
 #[test]

@@ -5,17 +5,13 @@
 //! (timings aside). Signals land at known safe points through the
 //! `NEWLLM_TEST_SIGNAL` hook (src/stop.rs).
 
+mod common;
+
+use common::{strip_timings, temp_dir};
 use newllm::config::Config;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("newllm-resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A corpus, a preset and a token cache shared by the runs of one test.
 struct Setup {
@@ -111,19 +107,6 @@ fn assert_ok(o: &Output) {
 
 fn assert_killed(o: &Output) {
     assert_eq!(o.status.signal(), Some(9), "{:?}\n{}", o.status, stderr(o));
-}
-
-/// A result or log line without what measures the machine, not the run.
-fn strip_timings(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.remove("seconds");
-            m.remove("measured_peak_bytes");
-            m.values_mut().for_each(strip_timings);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_timings),
-        _ => {}
-    }
 }
 
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {

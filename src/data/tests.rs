@@ -3,37 +3,14 @@
 use super::corpus::{load_samples, Source, EMBEDDED_SAMPLES};
 use super::stream::{inspect_with, load_split, load_split_with_status, val_len, CacheUse};
 use super::tokenizer::Tokenizer;
+use crate::scratch::scratch;
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Fields, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-/// A fresh, empty directory unique to this process and test, removed when
-/// dropped (also when the test fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("newllm-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
 
 type Conversation<'a> = &'a [(&'a str, &'a str)];
 
@@ -137,7 +114,7 @@ fn err_text<T>(result: anyhow::Result<T>) -> String {
 
 #[test]
 fn parquet_in_ultrachat_shape_yields_joined_contents() {
-    let dir = temp_dir("pq-one");
+    let dir = scratch("pq-one");
     let path = dir.join("train_sft-00000-of-00001.parquet");
     let rows: [Conversation; 3] = [
         &[
@@ -165,7 +142,7 @@ fn parquet_in_ultrachat_shape_yields_joined_contents() {
 
 #[test]
 fn parquet_split_directory_is_read_in_name_order() {
-    let dir = temp_dir("pq-dir");
+    let dir = scratch("pq-dir");
     let convs: Vec<_> = (0..9).map(chat).collect();
     // Written out of order, with Hub-style hash suffixes; a README is ignored.
     let names = [
@@ -201,7 +178,7 @@ fn parquet_split_directory_is_read_in_name_order() {
 
 #[test]
 fn jsonl_plain_and_gzip_and_text_readers() {
-    let dir = temp_dir("jsonl-text");
+    let dir = scratch("jsonl-text");
     let convs: Vec<_> = (0..3).map(chat).collect();
     let body = format!(
         "{}\n\n{}\r\n{}\n",
@@ -271,7 +248,7 @@ fn val_len_matches_python_int() {
 
 #[test]
 fn validation_tokens_never_enter_training() {
-    let dir = temp_dir("leak");
+    let dir = scratch("leak");
     let mut convs: Vec<_> = (0..6).map(chat).collect();
     // A long last conversation, so the validation tail lies inside it.
     let body = "the quick brown fox jumps over the lazy dog ".repeat(8);
@@ -312,7 +289,7 @@ fn validation_tokens_never_enter_training() {
 
 #[test]
 fn cache_is_reused_and_invalidated() {
-    let dir = temp_dir("cache");
+    let dir = scratch("cache");
     let convs: Vec<_> = (0..8).map(chat).collect();
     let path = dir.join("chat.jsonl");
     let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
@@ -385,7 +362,7 @@ fn cache_is_reused_and_invalidated() {
 
 #[test]
 fn too_many_samples_is_a_clear_error() {
-    let dir = temp_dir("too-many");
+    let dir = scratch("too-many");
     let path = dir.join("chat.parquet");
     write_parquet_convs(&path, &(0..4).map(chat).collect::<Vec<_>>());
     let corpus = path.to_str().unwrap();
@@ -411,7 +388,7 @@ fn too_many_samples_is_a_clear_error() {
 
 #[test]
 fn bad_inputs_give_clear_errors() {
-    let dir = temp_dir("bad");
+    let dir = scratch("bad");
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
     let missing = dir.join("nowhere.parquet");
@@ -549,7 +526,7 @@ fn bad_inputs_give_clear_errors() {
 fn parquet_with_damaged_messages_pages_is_an_error() {
     // Overwrite the middle of the `messages` column chunk, keeping the footer:
     // the file opens but its rows cannot be decoded.
-    let dir = temp_dir("pq-damaged");
+    let dir = scratch("pq-damaged");
     let whole = dir.join("whole.parquet");
     let convs: Vec<_> = (0..200).map(chat).collect();
     write_parquet_convs(&whole, &convs);
@@ -572,7 +549,7 @@ fn parquet_with_damaged_messages_pages_is_an_error() {
 
 #[test]
 fn inspect_reports_counts_and_splits() {
-    let dir = temp_dir("inspect");
+    let dir = scratch("inspect");
     let path = dir.join("docs.txt");
     std::fs::write(
         &path,
@@ -606,7 +583,7 @@ fn embedded_corpus_loads() {
     );
     assert!(samples.iter().filter(|s| s.trim().is_empty()).count() < 10);
 
-    let dir = temp_dir("embedded");
+    let dir = scratch("embedded");
     let split = load_split("", 50, 0.1, &dir).unwrap();
     assert_eq!(split.source, "embedded chitchat-dataset 0.9.0");
     let tok = Tokenizer::gpt2().unwrap();
@@ -618,7 +595,7 @@ fn embedded_corpus_loads() {
 #[test]
 fn embedded_corpus_inspect_figures() {
     // Tokenizes all 7,168 conversations (about 1.5 s on 2 cores).
-    let dir = temp_dir("embedded-inspect");
+    let dir = scratch("embedded-inspect");
     let report = super::stream::inspect("", &[50, 100, 200, 500], &dir).unwrap();
     let expected = "corpus: embedded chitchat-dataset 0.9.0\nsamples: 7168\n\
         tokens per sample: min 1, median 61, max 26627\ntotal tokens: 3196530\n\
@@ -634,7 +611,7 @@ fn embedded_corpus_inspect_figures() {
 
 #[test]
 fn parquet_null_rows_and_mixed_directories_are_errors() {
-    let dir = temp_dir("pq-null");
+    let dir = scratch("pq-null");
     let fields = Fields::from(vec![
         Field::new("content", DataType::Utf8, true),
         Field::new("role", DataType::Utf8, true),

@@ -1,11 +1,5 @@
 use super::*;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("newllm-state-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::scratch::scratch;
 
 fn fingerprint(seed: u64) -> Fingerprint {
     let cfg = Config {
@@ -39,7 +33,6 @@ fn a_state_reads_back_exactly() {
     let err = l.take("b", 4).unwrap_err().to_string();
     assert_eq!(err, "state array \"b\" has 3 values, expected 4");
     assert_eq!(l.threads, crate::ops::threads());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -69,7 +62,6 @@ fn any_damaged_byte_is_caught_and_the_state_removed() {
     assert!(why.contains("checksum mismatch"), "{why}");
     // no state at all
     assert!(matches!(read(&path, &fp).unwrap(), Found::None));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -106,7 +98,6 @@ fn a_state_of_another_run_is_refused_naming_the_difference() {
     };
     let fp = Fingerprint::new(&cfg, &[1, 2, 3], &[4, 5]).unwrap();
     assert!(matches!(read(&path, &fp).unwrap(), Found::State(_)));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -147,7 +138,6 @@ fn the_saver_writes_at_every_safe_point_with_a_tiny_interval_and_not_between_lon
     assert_eq!(hourly.writes, 0);
     let l = loaded(read(&every.path, &every.fingerprint).unwrap());
     assert_eq!(l.meta["k"], 2);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A state file laid out by hand: `magic`, the header JSON, the values, and
@@ -195,5 +185,4 @@ fn an_intact_state_of_another_version_is_refused_and_kept() {
     bad[last] ^= 1;
     std::fs::write(&path, bad).unwrap();
     assert!(matches!(read(&path, &fp).unwrap(), Found::Damaged(_)));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

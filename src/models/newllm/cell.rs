@@ -363,22 +363,7 @@ mod tests {
     use crate::models::newllm::cache::sequential_pass;
     use crate::models::newllm::checkpoint::load_checkpoint;
     use crate::models::newllm::phase2::Phase2;
-    use std::path::PathBuf;
-
-    struct Scratch(PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn scratch(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("newllm-cell-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
+    use crate::scratch::scratch;
 
     fn tiny() -> Config {
         Config {
