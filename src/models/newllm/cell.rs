@@ -11,8 +11,8 @@ use super::memory::{predict_peak_bytes, predict_state_bytes};
 use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
-use super::resume::{phase1_line, phase2_line, restore, Meta, Stage, StageSeconds};
-use crate::cell_result::{CellResult, NewLlmResult, Timings};
+use super::resume::{phase1_line, phase2_line, restore, Meta, Stage};
+use crate::cell_result::{CellResult, NewLlmResult};
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
 use crate::io::{log_line, rewrite_log};
@@ -22,27 +22,6 @@ use crate::state::{Fingerprint, Saver};
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
-
-impl StageSeconds {
-    /// In the order the stages run, as the result files have always listed them.
-    fn timings(&self) -> Timings {
-        Timings(
-            [
-                ("data", self.data),
-                ("phase1", self.phase1),
-                ("train_cache", self.train_cache),
-                ("val_cache", self.val_cache),
-                ("effective_rank", self.effective_rank),
-                ("phase2", self.phase2),
-                ("state_write", self.state_write),
-                ("total", self.total),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect(),
-        )
-    }
-}
 
 /// GEMM FLOPs of one Phase-2 training position: the frozen ContextBlock
 /// recomputed forward (2 per weight), TokenBlock + head forward and backward
@@ -131,7 +110,6 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     let fresh = phase1.is_none() && train_src.is_none();
     meta.seconds.data += data_seconds;
     let base = meta.seconds.clone();
-    let total = |secs: &mut StageSeconds| secs.total = base.total + t_all.elapsed().as_secs_f64();
 
     // ---- Phase 1 (fresh or resumed), then the train ER and cache
     if fresh || phase1.is_some() {
@@ -162,8 +140,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
                 meta.phase1_adam_t = s.adam.t;
                 meta.noise = Some(s.noise.clone());
                 meta.seconds.phase1 = base.phase1 + t.elapsed().as_secs_f64();
-                meta.seconds.state_write = base.state_write + saver.seconds;
-                total(&mut meta.seconds);
+                meta.seconds.stamp(&base, t_all, saver.seconds);
                 saver.safe_point(
                     &format!("phase1-{}", it.iteration),
                     || Ok(serde_json::to_value(&meta)?),
@@ -189,8 +166,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         drop(p1.prev);
         meta.seconds.train_cache += t.elapsed().as_secs_f64();
         meta.stage = Stage::TrainCache;
-        meta.seconds.state_write = base.state_write + saver.seconds;
-        total(&mut meta.seconds);
+        meta.seconds.stamp(&base, t_all, saver.seconds);
         saver.safe_point(
             "train_cache",
             || Ok(serde_json::to_value(&meta)?),
@@ -209,8 +185,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         meta.val_er = effective_rank(&src, c, cfg.effective_rank_max_rows, cfg.seed)?.0;
         meta.seconds.effective_rank += t.elapsed().as_secs_f64();
         meta.stage = Stage::Caches;
-        meta.seconds.state_write = base.state_write + saver.seconds;
-        total(&mut meta.seconds);
+        meta.seconds.stamp(&base, t_all, saver.seconds);
         saver.safe_point(
             "val_cache",
             || Ok(serde_json::to_value(&meta)?),
@@ -267,8 +242,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
             meta.phase2 = Some(progress.clone());
             meta.phase2_adam_t = s.adam.t;
             meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
-            meta.seconds.state_write = base.state_write + saver.seconds;
-            total(&mut meta.seconds);
+            meta.seconds.stamp(&base, t_all, saver.seconds);
             saver.safe_point(
                 &format!("phase2-{}", e.epoch),
                 || Ok(serde_json::to_value(&meta)?),
@@ -302,8 +276,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     }
     model.token.params.data.copy_from_slice(&p2.best_params);
     save_checkpoint(&model, &paths.checkpoint)?;
-    meta.seconds.state_write = base.state_write + saver.seconds;
-    total(&mut meta.seconds);
+    meta.seconds.stamp(&base, t_all, saver.seconds);
     if saver.writes > 0 {
         eprintln!(
             "  resume state: {} writes in {:.2}s ({:.2}% of this run), last {}",

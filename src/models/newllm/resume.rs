@@ -12,7 +12,7 @@
 use super::model::Model;
 use super::phase1::Phase1Resume;
 use super::phase2::Phase2Resume;
-use crate::cell_result::{Epoch, Phase1Iteration};
+use crate::cell_result::{Epoch, Phase1Iteration, Timings};
 use crate::ops::Adam;
 use crate::rng::Rng;
 use crate::state::Loaded;
@@ -42,6 +42,34 @@ pub struct StageSeconds {
     pub phase2: f64,
     pub state_write: f64,
     pub total: f64,
+}
+
+impl StageSeconds {
+    /// In the order the stages run, as the result files have always listed them.
+    pub fn timings(&self) -> Timings {
+        Timings(
+            [
+                ("data", self.data),
+                ("phase1", self.phase1),
+                ("train_cache", self.train_cache),
+                ("val_cache", self.val_cache),
+                ("effective_rank", self.effective_rank),
+                ("phase2", self.phase2),
+                ("state_write", self.state_write),
+                ("total", self.total),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        )
+    }
+
+    /// The running totals at a safe point: `base` from earlier runs, this
+    /// run `started` at that instant and has spent `written` seconds writing.
+    pub fn stamp(&mut self, base: &StageSeconds, started: std::time::Instant, written: f64) {
+        self.state_write = base.state_write + written;
+        self.total = base.total + started.elapsed().as_secs_f64();
+    }
 }
 
 /// The meta of a New-LLM state (the default: a cell before its first iteration).
