@@ -285,7 +285,7 @@ impl Config {
         }
         if !(self.state_interval_seconds >= 0.0 && self.state_interval_seconds.is_finite()) {
             bail!(
-                "config field state_interval_seconds must be 0 (every safe point) or a positive number of seconds, got {}",
+                "config field state_interval_seconds must be 0 (write at safe points within 5% of the time) or a positive number of seconds, got {}",
                 self.state_interval_seconds
             );
         }
@@ -400,6 +400,19 @@ mod tests {
             err.to_string(),
             "--set \"num_layers=abc\": field \"num_layers\": invalid type: string \"abc\", expected usize"
         );
+        for bad in ["-1", "nan", "inf"] {
+            let err = c
+                .apply_overrides(&[format!("state_interval_seconds={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("config field state_interval_seconds must be 0 ("),
+                "{err}"
+            );
+        }
+        c.apply_overrides(&["state_interval_seconds=600".into()])
+            .unwrap();
+        assert_eq!(c.state_interval_seconds, 600.0);
     }
 
     #[test]
