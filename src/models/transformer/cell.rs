@@ -8,7 +8,7 @@
 
 use super::model::{Transformer, TransformerDims};
 use super::train::{batches, Batch, Trainer};
-use crate::cell_result::{CellResult, Timings};
+use crate::cell_result::{CellResult, Epoch, Timings};
 use crate::config::Config;
 use crate::data::Split;
 use crate::io::{log_line, rewrite_log, save_safetensors};
@@ -84,10 +84,29 @@ struct Steps<'a> {
 struct CellIo {
     log: std::path::PathBuf,
     saver: Saver,
-    meta: Meta,
-    /// When this process started, and the seconds of earlier runs.
-    started: Instant,
+    /// The seconds of earlier runs, and when this process started the cell
+    /// and its epochs.
     base: Meta,
+    started: Instant,
+    training: Instant,
+}
+
+impl CellIo {
+    /// The meta after `progress`, with the seconds summed over runs.
+    fn meta(&self, progress: &EpochProgress, adam_t: u32) -> Meta {
+        Meta {
+            progress: progress.clone(),
+            adam_t,
+            train_seconds: self.base.train_seconds + self.training.elapsed().as_secs_f64(),
+            state_write_seconds: self.base.state_write_seconds + self.saver.seconds,
+            total_seconds: self.base.total_seconds + self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// An epoch's line in the cell's log.
+fn log_entry(e: &Epoch) -> serde_json::Value {
+    serde_json::json!({"stage": "transformer", "epoch": e})
 }
 
 /// The meta of a transformer state (state.rs); its arrays are `params`,
@@ -152,22 +171,11 @@ impl EpochSteps for Steps<'_> {
             100.0 * e.val_acc,
             e.seconds
         );
-        log_line(
-            &io.log,
-            &serde_json::json!({"stage": "transformer", "epoch": e}),
-        )?;
-        let elapsed = io.started.elapsed().as_secs_f64();
-        io.meta = Meta {
-            progress: progress.clone(),
-            adam_t: self.trainer.adam.t,
-            train_seconds: io.base.train_seconds + elapsed,
-            state_write_seconds: io.base.state_write_seconds + io.saver.seconds,
-            total_seconds: io.base.total_seconds + elapsed,
-        };
-        let meta = &io.meta;
+        log_line(&io.log, &log_entry(e))?;
+        let meta = io.meta(progress, self.trainer.adam.t);
         io.saver.safe_point(
             &format!("transformer-{}", e.epoch),
-            || Ok(serde_json::to_value(meta)?),
+            || Ok(serde_json::to_value(&meta)?),
             &[
                 ("params", &self.model.params),
                 ("adam_m", &self.trainer.adam.m),
@@ -247,20 +255,15 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     );
     let base = resume(&mut steps, &saver)?.unwrap_or_default();
     // The log so far is the state's; lines written after it are redone.
-    let lines: Vec<serde_json::Value> = base
-        .progress
-        .epochs
-        .iter()
-        .map(|e| serde_json::json!({"stage": "transformer", "epoch": e}))
-        .collect();
+    let lines: Vec<serde_json::Value> = base.progress.epochs.iter().map(log_entry).collect();
     rewrite_log(&paths.log, &lines)?;
-    let resumed = (!base.progress.epochs.is_empty()).then(|| base.progress.clone());
+    let resumed = base.progress.clone();
     steps.cell = Some(CellIo {
         log: paths.log.clone(),
         saver,
-        meta: base.clone(),
-        started: t_all,
         base,
+        started: t_all,
+        training: Instant::now(),
     });
     let log = train_loop::run_epochs(
         "Transformer training",
@@ -268,21 +271,21 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         cfg.phase2_patience,
         m - 1,
         &mut steps,
-        resumed,
+        Some(resumed),
     )
     .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
     steps.model.params.copy_from_slice(&steps.best);
     save_checkpoint(&steps.model, cfg, &paths.checkpoint)?;
-    let io = steps.cell.expect("set above");
-    let elapsed = t_all.elapsed().as_secs_f64();
+    let so_far = steps
+        .cell
+        .as_ref()
+        .expect("set above")
+        .meta(&log, steps.trainer.adam.t);
     let best = log.epochs[log.best_epoch - 1].clone();
     let mut seconds = Timings::default();
-    seconds.add("train", io.base.train_seconds + elapsed);
-    seconds.add(
-        "state_write",
-        io.base.state_write_seconds + io.saver.seconds,
-    );
-    seconds.add("total", io.base.total_seconds + elapsed);
+    seconds.add("train", so_far.train_seconds);
+    seconds.add("state_write", so_far.state_write_seconds);
+    seconds.add("total", so_far.total_seconds);
     Ok(CellResult {
         model: "transformer".into(),
         replicate: 0,
