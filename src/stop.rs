@@ -35,16 +35,15 @@ pub fn install() -> Result<()> {
         signal_hook::flag::register_usize(sig, which.clone(), sig as usize)?;
         signal_hook::flag::register(sig, requested.clone())?;
     }
-    // Says so at once; the handler itself may not print.
-    std::thread::spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let sig = which.load(Ordering::SeqCst);
-        if sig != 0 {
+    // Says so at once (the handler itself may not print): a thread that
+    // sleeps until the first signal.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
             eprintln!(
                 "{}: stopping at the next safe point, after writing the cell's state (send it again to stop at once)",
-                signal_name(sig)
+                signal_name(sig as usize)
             );
-            return;
         }
     });
     Ok(())
