@@ -150,6 +150,18 @@ pub struct CellResult {
     pub val_ppl: f64,
     pub val_loss: f64,
     pub val_acc: f64,
+    /// The validation set's identity (a hash of its token ids,
+    /// `Split::val_set_id`): runs are fitted or compared together only
+    /// when theirs agree (tail mode: per cell).
+    #[serde(default)]
+    pub val_set: String,
+    /// Per validation sample (conversation), the best epoch's loss summed
+    /// over the positions whose target lies in it, and how many those are:
+    /// what the report resamples for the validation set's own error.
+    #[serde(default)]
+    pub val_sample_losses: Vec<f64>,
+    #[serde(default)]
+    pub val_sample_positions: Vec<usize>,
     /// 1-based; 0 for a model without epochs (the n-gram).
     pub best_epoch: usize,
     /// Last epoch run, 1-based.
@@ -195,6 +207,9 @@ impl Default for CellResult {
             val_ppl: 0.0,
             val_loss: 0.0,
             val_acc: 0.0,
+            val_set: String::new(),
+            val_sample_losses: Vec::new(),
+            val_sample_positions: Vec::new(),
             best_epoch: 0,
             stop_epoch: 0,
             early_stopped: false,

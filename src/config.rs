@@ -17,6 +17,19 @@ pub enum Phase1Init {
     Random,
 }
 
+/// Where a cell's validation text comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValMode {
+    /// The last `val_fraction` of each cell's own token stream (the seed's
+    /// run): a larger cell is scored on other, later text.
+    Tail,
+    /// The last `val_samples` conversations of the corpus, never among any
+    /// cell's training conversations: one validation set for every cell,
+    /// replicate, model and compared setting.
+    Heldout,
+}
+
 /// How the Phase-2 training context cache is built (ALGORITHM.md section 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,8 +67,19 @@ pub struct Config {
     // ---- data (section 1)
     /// Corpus path (parquet/JSONL/text); empty = the embedded chitchat corpus.
     pub corpus: String,
-    /// Fraction of the stream's tail used for validation: int(len * val_fraction).
+    /// "tail" (the seed's: each cell validates on its own stream's tail)
+    /// or "heldout" (one fixed set of conversations for every cell).
+    pub val_mode: ValMode,
+    /// tail: fraction of the stream's tail used for validation,
+    /// int(len * val_fraction).
     pub val_fraction: f64,
+    /// heldout: conversations in the validation set, the corpus's last ones.
+    /// 100 measured on the embedded corpus (BENCHMARKS.md, "Validation set
+    /// size"): 43k tokens, and the n-gram's PPL change between consecutive
+    /// default cells (-17% to -37%) then carries a validation-sampling
+    /// interval of +/-2% to +/-9%; 200 halves that but adds ~3 minutes to
+    /// the default sweep.
+    pub val_samples: usize,
     /// Sweep cells: how many samples (conversations) each cell uses.
     pub sample_counts: Vec<usize>,
 
@@ -131,6 +155,11 @@ pub struct Config {
     pub transformer_dim: usize,
     /// Positions per transformer sequence (training and validation windows).
     pub transformer_block_size: usize,
+
+    // ---- analysis (the report's scaling sections)
+    /// Consecutive sample counts per sliding-window alpha (needs at least
+    /// scaling_window + 1 counts).
+    pub scaling_window: usize,
 }
 
 impl Default for Config {
@@ -146,7 +175,9 @@ impl Default for Config {
             pretrained_embeddings: String::new(),
             seed: 42,
             corpus: String::new(),
+            val_mode: ValMode::Tail,
             val_fraction: 0.1,
+            val_samples: 100,
             sample_counts: vec![50, 100, 200, 500],
             phase1_init: Phase1Init::Sequential,
             phase1_learning_rate: 0.002,
@@ -176,6 +207,7 @@ impl Default for Config {
             transformer_heads: 4,
             transformer_dim: 0,
             transformer_block_size: 128,
+            scaling_window: 3,
         }
     }
 }
@@ -240,6 +272,7 @@ impl Config {
             ("kn_order", self.kn_order),
             ("transformer_heads", self.transformer_heads),
             ("transformer_block_size", self.transformer_block_size),
+            ("val_samples", self.val_samples),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -292,7 +325,48 @@ impl Config {
         if self.sample_counts.is_empty() || self.sample_counts.contains(&0) {
             bail!("config field sample_counts must be a non-empty list of positive counts");
         }
+        if self.scaling_window < 2 {
+            bail!(
+                "config field scaling_window must be at least 2 (a slope needs two sample counts), got {}",
+                self.scaling_window
+            );
+        }
         Ok(())
+    }
+
+    /// The config with every field blanked that cannot change one run's
+    /// numbers: what "the same run" means wherever it is asked (a sweep
+    /// directory, a finished result, a resume state). Blanked:
+    /// - `threads`, `state_interval_seconds`: how a run is computed and
+    ///   saved, not what (a thread-count change is warned about on resume);
+    /// - `device`: a sweep may mix CPU and GPU processes, each result
+    ///   records where it ran (`ran_on`); a resume state keeps its device
+    ///   (state.rs), since its contents are the device's;
+    /// - `sample_counts`, `replicates`: which cells and seeds a sweep holds,
+    ///   not what one of them computes, so a finished sweep can grow;
+    /// - `scaling_window`: an analysis setting;
+    /// - the validation setting the mode does not use (`val_fraction` in
+    ///   heldout mode, `val_samples` in tail mode).
+    pub fn identity(&self) -> Config {
+        let unused = Config::default();
+        Config {
+            threads: 0,
+            state_interval_seconds: 0.0,
+            device: String::new(),
+            sample_counts: Vec::new(),
+            replicates: 0,
+            // The report's, read when it is written.
+            scaling_window: 0,
+            val_fraction: match self.val_mode {
+                ValMode::Tail => self.val_fraction,
+                ValMode::Heldout => unused.val_fraction,
+            },
+            val_samples: match self.val_mode {
+                ValMode::Tail => unused.val_samples,
+                ValMode::Heldout => self.val_samples,
+            },
+            ..self.clone()
+        }
     }
 
     /// Token input width kE.

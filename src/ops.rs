@@ -488,6 +488,34 @@ thread_local! {
 /// ties go to the lowest index, as torch.argmax). Rows run in parallel; the
 /// sum is taken in row order, so it is the same however they were split.
 pub fn cross_entropy(logits: &mut [f32], targets: &[u32], grad: bool) -> (f64, usize) {
+    cross_entropy_rows(logits, targets, grad, |_| ())
+}
+
+/// `cross_entropy` without a gradient that also adds each row's loss to
+/// `sums[bins[row]]` (an evaluation's per-sample losses; `bins` has one
+/// entry per row). The returned total is `cross_entropy`'s, bit for bit.
+pub fn cross_entropy_binned(
+    logits: &mut [f32],
+    targets: &[u32],
+    bins: &[u32],
+    sums: &mut [f64],
+) -> (f64, usize) {
+    assert_eq!(bins.len(), targets.len(), "one bin per row");
+    cross_entropy_rows(logits, targets, false, |rows| {
+        for (&(loss, _), &b) in rows.iter().zip(bins) {
+            sums[b as usize] += loss;
+        }
+    })
+}
+
+/// The rows of `cross_entropy` in parallel, then `per_row` over their
+/// (loss, hit) results in row order, then the sums in row order.
+fn cross_entropy_rows(
+    logits: &mut [f32],
+    targets: &[u32],
+    grad: bool,
+    per_row: impl FnOnce(&[(f64, bool)]),
+) -> (f64, usize) {
     use rayon::prelude::*;
     let v = logits.len() / targets.len().max(1);
     let inv_rows = 1.0 / targets.len() as f32;
@@ -498,6 +526,7 @@ pub fn cross_entropy(logits: &mut [f32], targets: &[u32], grad: bool) -> (f64, u
             .zip(targets.par_iter())
             .zip(out.par_iter_mut())
             .for_each(|((row, &t), o)| *o = cross_entropy_row(row, t as usize, grad, inv_rows));
+        per_row(out);
         out.iter().fold((0.0, 0), |(l, c), &(loss, hit)| {
             (l + loss, c + usize::from(hit))
         })

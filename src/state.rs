@@ -47,12 +47,12 @@ impl Fingerprint {
             }
         }
         Ok(Fingerprint {
+            // The run's identity (a thread-count change is warned about on
+            // load), but with its device: a state holds what that device
+            // kept (the GPU saves at the caches only).
             config: Config {
-                // Neither changes a number; a state may be continued with
-                // another thread count (with a warning) or write interval.
-                threads: 0,
-                state_interval_seconds: 0.0,
-                ..cfg.clone()
+                device: cfg.device.clone(),
+                ..cfg.identity()
             },
             code: code_id()?,
             data: format!("{:08x} ({} + {} ids)", h.finalize(), train.len(), val.len()),

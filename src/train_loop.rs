@@ -12,13 +12,26 @@ use std::time::Instant;
 pub trait EpochSteps {
     /// One epoch over the training positions; the token-weighted mean loss.
     fn train_epoch(&mut self, epoch: usize) -> Result<f64>;
-    /// Mean validation loss and the number of correct argmax predictions.
-    fn evaluate(&mut self) -> Result<(f64, usize)>;
+    /// One pass over the validation positions.
+    fn evaluate(&mut self) -> Result<Evaluation>;
     /// Keeps the current weights as the best so far.
     fn keep_best(&mut self) -> Result<()>;
     /// After each epoch and its decisions: the log, progress output and the
     /// cell's resumable state.
     fn end_epoch(&mut self, progress: &EpochProgress) -> Result<()>;
+}
+
+/// What a validation pass measures.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss over the validation positions.
+    pub loss: f64,
+    /// Positions whose argmax is the target.
+    pub correct: usize,
+    /// Summed loss of the positions of each validation sample (empty when
+    /// the stream has no sample boundaries), for the report's interval over
+    /// validation samples.
+    pub sample_losses: Vec<f64>,
 }
 
 /// The epochs so far with the early-stopping decisions: what the log shows
@@ -31,6 +44,9 @@ pub struct EpochProgress {
     /// Epochs since the best one.
     pub since_best: usize,
     pub early_stopped: bool,
+    /// The best epoch's per-sample validation losses (`Evaluation`).
+    #[serde(default)]
+    pub best_sample_losses: Vec<f64>,
 }
 
 impl EpochProgress {
@@ -60,7 +76,8 @@ pub fn run_epochs(
         let epoch = p.epochs.len() + 1;
         let t0 = Instant::now();
         let train_loss = steps.train_epoch(epoch)?;
-        let (val_loss, correct) = steps.evaluate()?;
+        let eval = steps.evaluate()?;
+        let val_loss = eval.loss;
         if !val_loss.is_finite() {
             bail!("{stage} diverged at epoch {epoch}: validation loss {val_loss}");
         }
@@ -70,13 +87,14 @@ pub fn run_epochs(
             train_ppl: train_loss.exp(),
             val_loss,
             val_ppl: val_loss.exp(),
-            val_acc: correct as f64 / val_positions as f64,
+            val_acc: eval.correct as f64 / val_positions as f64,
             seconds: t0.elapsed().as_secs_f64(),
         });
         if val_loss < best_loss {
             best_loss = val_loss;
             p.best_epoch = epoch;
             p.since_best = 0;
+            p.best_sample_losses = eval.sample_losses;
             steps.keep_best()?;
         } else {
             p.since_best += 1;
@@ -116,9 +134,13 @@ mod tests {
             self.trained.push(epoch);
             Ok(0.5 * epoch as f64)
         }
-        fn evaluate(&mut self) -> Result<(f64, usize)> {
+        fn evaluate(&mut self) -> Result<Evaluation> {
             let e = *self.trained.last().unwrap();
-            Ok((self.val[e - 1], e))
+            Ok(Evaluation {
+                loss: self.val[e - 1],
+                correct: e,
+                sample_losses: vec![self.val[e - 1], e as f64],
+            })
         }
         fn keep_best(&mut self) -> Result<()> {
             self.kept.push(*self.trained.last().unwrap());
@@ -168,6 +190,8 @@ mod tests {
         assert_eq!(log.stop_epoch(), 3);
         assert!(log.early_stopped);
         assert_eq!(log.epochs.len(), 3);
+        // the best epoch's per-sample losses, not the last one's
+        assert_eq!(log.best_sample_losses, vec![2.0, 2.0]);
     }
 
     #[test]

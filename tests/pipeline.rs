@@ -5,7 +5,7 @@
 mod common;
 
 use common::{strip_timings, temp_dir};
-use newllm::config::Config;
+use newllm::config::{Config, ValMode};
 use newllm::data::Split;
 use newllm::experiment::cell::run_cell;
 use newllm::experiment::sweep::{report_dir, run_sweep};
@@ -75,10 +75,12 @@ fn train_with_val(val: &[u32]) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
     let ts = Stream {
         ids: &train,
         src: &src,
+        bins: &[],
     };
     let vs = Stream {
         ids: val,
         src: &val_src,
+        bins: &[],
     };
     let p2 = phase2::run(&mut model, &ts, &vs, None, &mut |_, _| Ok(())).unwrap();
     let train_losses = p2.progress.epochs.iter().map(|e| e.train_loss).collect();
@@ -142,6 +144,7 @@ fn bad_weights_and_streams_are_clear_errors() {
         train,
         val,
         sample_ends: vec![],
+        val_sample_ends: vec![],
         source: "test".into(),
     };
     let err = check_split(&cfg, &split(vec![], vec![1, 2]))
@@ -449,4 +452,239 @@ fn replicates_and_baselines_are_reproducible_and_distinct() {
         "{report}"
     );
     assert!(report.contains("Kneser-Ney") && report.contains("Transformer"));
+}
+
+/// `tiny` with a held-out validation set of the corpus's last 3 samples.
+fn heldout(corpus: String) -> Config {
+    Config {
+        val_mode: ValMode::Heldout,
+        val_samples: 3,
+        ..tiny(corpus)
+    }
+}
+
+/// Every result file of a sweep directory, parsed, by file name.
+fn results_in(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cell-") && n.ends_with(".json"))
+        .map(|n| {
+            let v = serde_json::from_str(&std::fs::read_to_string(dir.join(&n)).unwrap()).unwrap();
+            (n, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// One validation set for every cell, model and replicate: the same ids,
+/// the corpus's last samples, never trained on; and changing those samples'
+/// text changes no training step of any model (New-LLM, Kneser-Ney,
+/// transformer), only the validation figures.
+#[test]
+fn heldout_validation_is_one_set_that_no_model_trains_on() {
+    let dir = temp_dir("heldout");
+    let corpus = write_corpus(&dir, 12);
+    let cfg = Config {
+        replicates: 2,
+        ..heldout(corpus.clone())
+    };
+    let out = dir.join("a");
+    run_sweep(&cfg, &out, &dir.join("cache"), None)
+        .unwrap()
+        .expect("all cells done");
+    // the split itself: train = the first N samples, val = the last 3
+    let samples = newllm::data::load_samples(&corpus).unwrap();
+    let tok = newllm::data::Tokenizer::gpt2().unwrap();
+    let ids = |s: &[String]| -> Vec<u32> { s.iter().flat_map(|x| tok.encode(x)).collect() };
+    let val = ids(&samples[9..]);
+    for n in [4, 8] {
+        let split = newllm::data::load_split(
+            &corpus,
+            n,
+            newllm::data::Validation::of(&cfg),
+            &dir.join("cache"),
+        )
+        .unwrap();
+        assert_eq!(split.train, ids(&samples[..n]));
+        assert_eq!(split.val, val);
+        assert_eq!(split.val_sample_ends.len(), 3);
+    }
+    let runs = results_in(&out);
+    // New-LLM and the transformer 2 seeds each, the n-gram 1, per cell
+    assert_eq!(runs.len(), 2 * 5);
+    let first_set = runs[0].1["val_set"].clone();
+    assert!(
+        first_set.as_str().unwrap().starts_with("sha256:"),
+        "{first_set}"
+    );
+    for (name, r) in &runs {
+        assert_eq!(r["val_set"], first_set, "{name}");
+        assert_eq!(r["val_tokens"], val.len(), "{name}");
+        let losses: Vec<f64> = serde_json::from_value(r["val_sample_losses"].clone()).unwrap();
+        let positions: Vec<usize> =
+            serde_json::from_value(r["val_sample_positions"].clone()).unwrap();
+        assert_eq!(
+            (losses.len(), positions.iter().sum::<usize>()),
+            (3, val.len() - 1)
+        );
+        let mean = losses.iter().sum::<f64>() / (val.len() - 1) as f64;
+        let loss = r["val_loss"].as_f64().unwrap();
+        assert!(
+            (mean - loss).abs() < 1e-6 * loss,
+            "{name}: {mean} vs {loss}"
+        );
+    }
+
+    // The same corpus with other text in the held-out samples only.
+    let text = std::fs::read_to_string(&corpus).unwrap();
+    let mut parts: Vec<&str> = text.split("<|endofsample|>\n").collect();
+    let swapped = "dog who was very happy ran to see the cat on a mat. ".repeat(3) + "\n";
+    for p in parts.iter_mut().skip(9).take(3) {
+        *p = &swapped;
+    }
+    let other_dir = dir.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other_corpus = other_dir.join("corpus.txt");
+    std::fs::write(&other_corpus, parts.join("<|endofsample|>\n")).unwrap();
+    let other_cfg = Config {
+        corpus: other_corpus.to_string_lossy().into_owned(),
+        ..cfg.clone()
+    };
+    let out_b = dir.join("b");
+    run_sweep(&other_cfg, &out_b, &dir.join("cache"), None)
+        .unwrap()
+        .expect("all cells done");
+    let other_runs = results_in(&out_b);
+    assert_eq!(other_runs.len(), runs.len());
+    for ((name, a), (_, b)) in runs.iter().zip(&other_runs) {
+        assert_ne!(a["val_set"], b["val_set"], "{name}");
+        assert_ne!(a["val_loss"], b["val_loss"], "{name}: validation changed");
+        assert_eq!(a["train_tokens"], b["train_tokens"], "{name}");
+        let epochs = |r: &serde_json::Value| r["epochs"].as_array().unwrap().len();
+        for e in 0..epochs(a).min(epochs(b)) {
+            assert_eq!(
+                a["epochs"][e]["train_loss"], b["epochs"][e]["train_loss"],
+                "{name}"
+            );
+        }
+        // Phase 1 trains on the training stream alone
+        if let Some(log) = a["phase1"].as_array() {
+            for (x, y) in log.iter().zip(b["phase1"].as_array().unwrap()) {
+                assert_eq!(x["total_loss"], y["total_loss"], "{name}");
+            }
+        }
+        assert_eq!(a["train_er"], b["train_er"], "{name}");
+    }
+}
+
+/// A corpus too small for the largest cell plus the held-out set is refused
+/// before anything is written, naming the numbers.
+#[test]
+fn a_corpus_too_small_for_the_heldout_set_is_refused_up_front() {
+    let dir = temp_dir("heldout-small");
+    let cfg = Config {
+        val_samples: 5,
+        sample_counts: vec![4, 8],
+        ..heldout(write_corpus(&dir, 12))
+    };
+    let out = dir.join("out");
+    let err = run_sweep(&cfg, &out, &dir.join("cache"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has 12 samples, too few for 8 training samples plus a held-out validation set of 5 (val_samples)"),
+        "{err}"
+    );
+    assert!(err.contains("lower sample_counts or val_samples"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    // exactly enough fits
+    let fits = Config {
+        val_samples: 4,
+        ..cfg
+    };
+    run_sweep(&fits, &out, &dir.join("cache"), Some(0)).unwrap();
+    assert!(out.join("cell-4.json").exists());
+}
+
+/// A finished sweep grows: more sample counts or replicates run only the new
+/// runs, reuse every finished one, and the report covers all of them.
+#[test]
+fn a_sweep_grows_by_running_only_the_new_cells_and_seeds() {
+    let dir = temp_dir("grow");
+    let cache = dir.join("cache");
+    let cfg = Config {
+        baselines: vec!["kn".into()],
+        replicates: 1,
+        ..heldout(write_corpus(&dir, 12))
+    };
+    let out = dir.join("out");
+    run_sweep(&cfg, &out, &cache, None).unwrap().expect("done");
+    let before: Vec<(String, Vec<u8>)> = [
+        "cell-4.json",
+        "cell-8.json",
+        "kn-cell-4.json",
+        "kn-cell-8.json",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), std::fs::read(out.join(f)).unwrap()))
+    .collect();
+    // a rerun of a finished run would recreate its checkpoint
+    std::fs::remove_file(out.join("cell-4.safetensors")).unwrap();
+    std::fs::remove_file(out.join("cell-8.safetensors")).unwrap();
+    let grown = Config {
+        sample_counts: vec![4, 8, 9],
+        ..cfg.clone()
+    };
+    let r = run_sweep(&grown, &out, &cache, None)
+        .unwrap()
+        .expect("done");
+    assert!(!out.join("cell-4.safetensors").exists() && !out.join("cell-8.safetensors").exists());
+    assert!(out.join("cell-9.safetensors").exists() && out.join("kn-cell-9.json").exists());
+    for (f, bytes) in &before {
+        assert_eq!(
+            &std::fs::read(out.join(f)).unwrap(),
+            bytes,
+            "{f} was rewritten"
+        );
+    }
+    assert_eq!(
+        r.cells.iter().map(|c| c.samples).collect::<Vec<_>>(),
+        vec![4, 8, 9]
+    );
+    assert_eq!(r.config.sample_counts, vec![4, 8, 9]);
+    // more seeds: only the new replicate runs; the report covers every cell
+    // the directory holds, even when the command names fewer
+    let seeds = Config {
+        replicates: 2,
+        sample_counts: vec![4],
+        ..cfg.clone()
+    };
+    let r = run_sweep(&seeds, &out, &cache, None).unwrap();
+    assert!(r.is_none(), "8 and 9 have no second seed yet");
+    assert!(out.join("cell-4-r1.json").exists() && !out.join("cell-8-r1.json").exists());
+    assert!(!out.join("cell-4.safetensors").exists());
+    let saved: Config =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((saved.sample_counts, saved.replicates), (vec![4, 8, 9], 2));
+    let partial = report_dir(&out).unwrap();
+    assert_eq!(
+        partial.runs.iter().filter(|c| c.model == "newllm").count(),
+        4
+    );
+    // another setting is still another experiment
+    let err = run_sweep(
+        &Config {
+            val_samples: 2,
+            ..grown
+        },
+        &out,
+        &cache,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("val_samples: 3 there, 2 now"), "{err}");
 }

@@ -52,6 +52,7 @@ pub fn run(
     let s = Stream {
         ids: &ids,
         src: &src,
+        bins: &[],
     };
     let mut p2 = Phase2::new(&model);
     let t = time_it(3, || {
@@ -169,7 +170,7 @@ pub fn run(
     let t0 = std::time::Instant::now();
     let lm = KneserNey::train(&kn_train, cfg.kn_order, cfg.vocab_size)?;
     let build = t0.elapsed().as_secs_f64();
-    let eval = lm.evaluate(&kn_val)?;
+    let eval = lm.evaluate(&kn_val, &[])?;
     let kn_seconds = t0.elapsed().as_secs_f64();
     stages.push(stage(
         "kn_cell_529k",

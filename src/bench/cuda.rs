@@ -97,6 +97,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     let st = Stream {
         ids: &ids,
         src: &src_h,
+        bins: &[],
     };
     {
         let mut p2 = GpuPhase2::new(dev, &model)?;

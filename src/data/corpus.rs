@@ -242,11 +242,46 @@ impl Source {
     pub fn read(&self, limit: Option<usize>) -> Result<Vec<String>> {
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
+        for part in self.parts() {
+            if out.len() >= limit {
+                break;
+            }
+            self.read_part(part, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The last `k` samples in order, and how many the corpus has. Reads one
+    /// file at a time and keeps only the last `k`, so memory is one file's
+    /// samples, not the corpus's.
+    pub fn read_last(&self, k: usize) -> Result<(Vec<String>, usize)> {
+        let (mut last, mut total) = (Vec::new(), 0);
+        for part in self.parts() {
+            let mut here = Vec::new();
+            self.read_part(part, usize::MAX, &mut here)?;
+            total += here.len();
+            last.append(&mut here);
+            let extra = last.len().saturating_sub(k);
+            last.drain(..extra);
+        }
+        Ok((last, total))
+    }
+
+    /// The units `read_part` reads: the corpus's files, or the one embedded text.
+    fn parts(&self) -> std::ops::Range<usize> {
+        match self {
+            Source::Embedded => 0..1,
+            Source::Files { files, .. } => 0..files.len(),
+        }
+    }
+
+    /// Appends the samples of part `i` (see `parts`) to `out` until it holds `limit`.
+    fn read_part(&self, i: usize, limit: usize, out: &mut Vec<String>) -> Result<()> {
         match self {
             Source::Embedded => {
                 let text = gunzip(EMBEDDED_GZ, "the embedded corpus")?;
                 let label = "embedded corpus assets/chitchat/chitchat-0.9.0.jsonl.gz";
-                read_jsonl(&text, label, limit, &mut out)?;
+                read_jsonl(&text, label, limit, out)
             }
             Source::Files {
                 format,
@@ -254,33 +289,29 @@ impl Source {
                 single_file,
                 ..
             } => {
-                for file in files {
-                    if out.len() >= limit {
-                        break;
+                let file = &files[i];
+                match format {
+                    Format::Parquet => read_parquet(file, limit, out),
+                    Format::Jsonl => {
+                        let bytes = read_file(file)?;
+                        read_jsonl(&bytes, &file.display().to_string(), limit, out)
                     }
-                    match format {
-                        Format::Parquet => read_parquet(file, limit, &mut out)?,
-                        Format::Jsonl => {
-                            let bytes = read_file(file)?;
-                            read_jsonl(&bytes, &file.display().to_string(), limit, &mut out)?;
+                    Format::JsonlGz => {
+                        let label = file.display().to_string();
+                        let bytes = gunzip(&read_file(file)?, &label)?;
+                        read_jsonl(&bytes, &label, limit, out)
+                    }
+                    Format::Text if *single_file => read_text_file(file, limit, out),
+                    Format::Text => {
+                        let text = utf8(&read_file(file)?, &file.display().to_string())?;
+                        if !text.trim().is_empty() {
+                            out.push(text);
                         }
-                        Format::JsonlGz => {
-                            let label = file.display().to_string();
-                            let bytes = gunzip(&read_file(file)?, &label)?;
-                            read_jsonl(&bytes, &label, limit, &mut out)?;
-                        }
-                        Format::Text if *single_file => read_text_file(file, limit, &mut out)?,
-                        Format::Text => {
-                            let text = utf8(&read_file(file)?, &file.display().to_string())?;
-                            if !text.trim().is_empty() {
-                                out.push(text);
-                            }
-                        }
+                        Ok(())
                     }
                 }
             }
         }
-        Ok(out)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Corpora, tokenizer, token stream and train/validation split (ALGORITHM.md section 1).
+//! Corpora, tokenizer, token streams and their caches, and the train/validation
+//! split (ALGORITHM.md section 1).
 //!
 //! # Corpus strings
 //! - `""`: the embedded corpus, chitchat-dataset 0.9.0 (MIT, real human
@@ -20,14 +21,16 @@
 
 pub mod corpus;
 pub mod embeddings;
+pub mod split;
 pub mod stream;
 pub mod tokenizer;
 
 pub use corpus::{load_samples, Source, EMBEDDED_NAME, EMBEDDED_SAMPLES, TEXT_SEPARATOR};
 pub use embeddings::load_pretrained_embeddings;
-pub use stream::{
-    inspect, inspect_with, load_split, load_split_with_status, val_len, CacheUse, Split,
+pub use split::{
+    check_fits, load_split, load_split_with_status, val_len, CacheUse, Split, Validation,
 };
+pub use stream::{inspect, inspect_with};
 pub use tokenizer::{Tokenizer, GPT2_VOCAB};
 
 #[cfg(test)]

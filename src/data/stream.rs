@@ -1,113 +1,25 @@
-//! Token stream, train/validation split and the on-disk token cache
-//! (ALGORITHM.md section 1).
+//! Token streams and the on-disk token caches (ALGORITHM.md section 1).
 //!
-//! Cache: one file per corpus location, `<cache_dir>/tokens-<id>.bin`, holding
-//! the tokenization of the corpus's first K samples plus a key (SHA-256 of the
-//! source's content, the tokenizer and the reader version). A request for
-//! N <= K samples reuses the prefix, so a sweep over N = 50..500 tokenizes
-//! once; a larger N, a changed source or changed settings rebuild it.
-//! `val_fraction` is not part of the key: the split is cut at load time.
+//! Prefix cache: one file per corpus location, `<cache_dir>/tokens-<id>.bin`,
+//! holding the tokenization of the corpus's first K samples plus a key
+//! (SHA-256 of the source's content, the tokenizer and the reader version).
+//! A request for N <= K samples reuses the prefix, so a sweep over N =
+//! 50..500 tokenizes once; a larger N, a changed source or changed settings
+//! rebuild it. The split is cut at load time (split.rs).
+//!
+//! Held-out cache: `<cache_dir>/tokens-<id>-last<k>.bin`, the tokenization
+//! of the corpus's last k samples and its sample count, so a held-out
+//! validation set is read and tokenized once.
 
 use super::corpus::{Source, READER_VERSION};
+use super::split::{val_len, CacheUse};
 use super::tokenizer::{Tokenizer, TOKENIZER_NAME};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// The first N samples of a corpus as one token stream, cut into train and
-/// validation parts. `train ++ val` is the whole stream.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Split {
-    /// N: samples in the stream.
-    pub samples: usize,
-    /// The stream minus its last `val_len(len, val_fraction)` tokens.
-    pub train: Vec<u32>,
-    /// The stream's last `val_len(len, val_fraction)` tokens.
-    pub val: Vec<u32>,
-    /// End offset of each sample in the full stream (`train ++ val`).
-    pub sample_ends: Vec<usize>,
-    /// Where the tokens came from: the corpus path or the embedded corpus name.
-    pub source: String,
-}
-
-/// What `load_split` did with the cache (tests and logs use it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheUse {
-    /// A cache covering the request was reused; nothing was tokenized.
-    Reused,
-    /// The corpus was tokenized and the cache (re)written.
-    Built,
-}
-
-/// Number of validation tokens: `int(len * val_fraction)` exactly as the
-/// original computes it in Python (f64 product, truncated).
-pub fn val_len(len: usize, val_fraction: f64) -> usize {
-    (len as f64 * val_fraction) as usize
-}
-
-/// Tokenizes the first `samples` samples of `corpus` ("" = embedded) and
-/// splits them, reusing the token cache in `cache_dir`.
-pub fn load_split(
-    corpus: &str,
-    samples: usize,
-    val_fraction: f64,
-    cache_dir: &Path,
-) -> Result<Split> {
-    load_split_with_status(corpus, samples, val_fraction, cache_dir).map(|(split, _)| split)
-}
-
-/// `load_split`, also saying whether the cache was reused.
-pub fn load_split_with_status(
-    corpus: &str,
-    samples: usize,
-    val_fraction: f64,
-    cache_dir: &Path,
-) -> Result<(Split, CacheUse)> {
-    if !(val_fraction > 0.0 && val_fraction < 1.0) {
-        bail!("val_fraction is {val_fraction}; it must be between 0 and 1 (exclusive), e.g. 0.1");
-    }
-    if samples == 0 {
-        bail!("0 samples requested; sample counts must be at least 1");
-    }
-    let source = Source::resolve(corpus)?;
-    let (tokens, used) = tokens_for(&source, Some(samples), cache_dir)?;
-    if tokens.sample_ends.len() < samples {
-        bail!(
-            "corpus {} has {} samples but {samples} were requested; lower sample_counts or give a larger corpus",
-            source.describe(),
-            tokens.sample_ends.len()
-        );
-    }
-    let split = cut(&tokens, samples, val_fraction, &source.describe())?;
-    Ok((split, used))
-}
-
-/// Builds the split of the first `samples` samples from a tokenization that
-/// covers at least that many.
-fn cut(tokens: &Tokenized, samples: usize, val_fraction: f64, source: &str) -> Result<Split> {
-    let sample_ends = tokens.sample_ends[..samples].to_vec();
-    let len = sample_ends.last().copied().unwrap_or(0);
-    let val_len = val_len(len, val_fraction);
-    let train_len = len - val_len;
-    // Phase 2 needs at least one (input, target) pair on each side.
-    if val_len < 2 || train_len < 2 {
-        bail!(
-            "corpus {source}: {samples} samples give {len} tokens, so train has {train_len} and \
-             validation {val_len} (val_fraction {val_fraction}); each needs at least 2: use more \
-             samples or another val_fraction"
-        );
-    }
-    Ok(Split {
-        samples,
-        train: tokens.ids[..train_len].to_vec(),
-        val: tokens.ids[train_len..len].to_vec(),
-        sample_ends,
-        source: source.to_string(),
-    })
-}
-
-/// Tokenization of a corpus's first `sample_ends.len()` samples.
+/// Tokenization of some of a corpus's samples (its first ones, or its last).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Tokenized {
     pub ids: Vec<u32>,
@@ -126,7 +38,7 @@ pub(crate) fn tokens_for(
 ) -> Result<(Tokenized, CacheUse)> {
     let key = cache_key(source)?;
     let path = cache_path(source, cache_dir);
-    if let Some(cached) = read_cache(&path, &key) {
+    if let Some(cached) = read_prefix_cache(&path, &key) {
         let covers = match want {
             Some(n) => cached.sample_ends.len() >= n || cached.complete,
             None => cached.complete,
@@ -144,12 +56,19 @@ pub(crate) fn tokens_for(
     }
     let complete = want.is_none_or(|n| samples.len() < n);
     let (ids, sample_ends) = tokenize_all(&samples)?;
+    write_cache(
+        &path,
+        MAGIC,
+        &key,
+        &[u8::from(complete)],
+        &sample_ends,
+        &ids,
+    )?;
     let tokens = Tokenized {
         ids,
         sample_ends,
         complete,
     };
-    write_cache(&path, &key, &tokens)?;
     Ok((tokens, CacheUse::Built))
 }
 
@@ -167,13 +86,61 @@ pub(crate) fn tokenize_all(samples: &[String]) -> Result<(Vec<u32>, Vec<usize>)>
     Ok((ids, sample_ends))
 }
 
-// ---- cache file
+/// Tokens of the corpus's last `k` samples (all of them when it has fewer)
+/// and its sample count, from the held-out cache when it has them.
+pub(crate) fn last_tokens_for(
+    source: &Source,
+    k: usize,
+    cache_dir: &Path,
+) -> Result<(Tokenized, usize, CacheUse)> {
+    let key = last_cache_key(source, k)?;
+    let path = last_cache_path(source, k, cache_dir);
+    if let Some((extra, sample_ends, ids)) = read_cache(&path, LAST_MAGIC, &key, 8) {
+        let total = <[u8; 8]>::try_from(extra.as_slice())
+            .ok()
+            .and_then(|b| usize::try_from(u64::from_le_bytes(b)).ok());
+        if let Some(total) = total {
+            let tokens = Tokenized {
+                ids,
+                sample_ends,
+                complete: false,
+            };
+            return Ok((tokens, total, CacheUse::Reused));
+        }
+    }
+    let (samples, total) = source.read_last(k)?;
+    if samples.is_empty() {
+        bail!(
+            "corpus {} is empty (no samples); give a corpus with at least one conversation or document",
+            source.describe()
+        );
+    }
+    let (ids, sample_ends) = tokenize_all(&samples)?;
+    write_cache(
+        &path,
+        LAST_MAGIC,
+        &key,
+        &(total as u64).to_le_bytes(),
+        &sample_ends,
+        &ids,
+    )?;
+    let tokens = Tokenized {
+        ids,
+        sample_ends,
+        complete: false,
+    };
+    Ok((tokens, total, CacheUse::Built))
+}
+
+// ---- cache files
 //
-// Layout (little endian): MAGIC, key [32], complete u8, samples u64,
+// Layout (little endian): magic [8], key [32], a header (prefix cache:
+// complete u8; held-out cache: the corpus's sample count u64), samples u64,
 // tokens u64, sample_ends [samples] u64, ids [tokens] u16 (GPT-2 ids fit),
 // then SHA-256 of everything before it, so a damaged file is rebuilt.
 
 const MAGIC: &[u8; 8] = b"NLTOKv1\0";
+const LAST_MAGIC: &[u8; 8] = b"NLLASTv1";
 
 fn cache_key(source: &Source) -> Result<[u8; 32]> {
     let mut hasher = Sha256::new();
@@ -184,14 +151,46 @@ fn cache_key(source: &Source) -> Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
-fn cache_path(source: &Source, cache_dir: &Path) -> PathBuf {
-    let id = Sha256::digest(source.identity().as_bytes());
-    let hex: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
-    cache_dir.join(format!("tokens-{hex}.bin"))
+fn last_cache_key(source: &Source, k: usize) -> Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    hasher.update(cache_key(source)?);
+    hasher.update(b"last");
+    hasher.update((k as u64).to_le_bytes());
+    Ok(hasher.finalize().into())
 }
 
-/// The cached tokenization if the file exists, is intact and has this key.
-fn read_cache(path: &Path, key: &[u8; 32]) -> Option<Tokenized> {
+fn cache_stem(source: &Source) -> String {
+    let id = Sha256::digest(source.identity().as_bytes());
+    let hex: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("tokens-{hex}")
+}
+
+fn cache_path(source: &Source, cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("{}.bin", cache_stem(source)))
+}
+
+fn last_cache_path(source: &Source, k: usize, cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("{}-last{k}.bin", cache_stem(source)))
+}
+
+/// The cached prefix tokenization if the file exists, is intact and has this key.
+fn read_prefix_cache(path: &Path, key: &[u8; 32]) -> Option<Tokenized> {
+    let (extra, sample_ends, ids) = read_cache(path, MAGIC, key, 1)?;
+    Some(Tokenized {
+        ids,
+        sample_ends,
+        complete: extra[0] == 1,
+    })
+}
+
+/// A cache file's header bytes (`extra` of them), sample ends and ids, if
+/// the file exists, is intact and has this magic and key.
+fn read_cache(
+    path: &Path,
+    magic: &[u8; 8],
+    key: &[u8; 32],
+    extra: usize,
+) -> Option<(Vec<u8>, Vec<usize>, Vec<u32>)> {
     let bytes = std::fs::read(path).ok()?;
     let body_len = bytes.len().checked_sub(32)?;
     let (body, digest) = bytes.split_at(body_len);
@@ -202,10 +201,10 @@ fn read_cache(path: &Path, key: &[u8; 32]) -> Option<Tokenized> {
         bytes: body,
         pos: 0,
     };
-    if r.take(8)? != MAGIC || r.take(32)? != key {
+    if r.take(8)? != magic || r.take(32)? != key {
         return None;
     }
-    let complete = r.take(1)?[0] == 1;
+    let header = r.take(extra)?.to_vec();
     let samples = usize::try_from(r.u64()?).ok()?;
     let tokens = usize::try_from(r.u64()?).ok()?;
     let mut sample_ends = Vec::with_capacity(samples.min(body.len() / 8));
@@ -220,11 +219,7 @@ fn read_cache(path: &Path, key: &[u8; 32]) -> Option<Tokenized> {
     if r.pos != body.len() || sample_ends.last().copied().unwrap_or(0) != tokens {
         return None;
     }
-    Some(Tokenized {
-        ids,
-        sample_ends,
-        complete,
-    })
+    Some((header, sample_ends, ids))
 }
 
 struct Reader<'a> {
@@ -246,18 +241,25 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn write_cache(path: &Path, key: &[u8; 32], tokens: &Tokenized) -> Result<()> {
+fn write_cache(
+    path: &Path,
+    magic: &[u8; 8],
+    key: &[u8; 32],
+    header: &[u8],
+    sample_ends: &[usize],
+    ids: &[u32],
+) -> Result<()> {
     let mut body =
-        Vec::with_capacity(8 + 32 + 17 + tokens.sample_ends.len() * 8 + tokens.ids.len() * 2 + 32);
-    body.extend_from_slice(MAGIC);
+        Vec::with_capacity(8 + 32 + header.len() + 16 + sample_ends.len() * 8 + ids.len() * 2 + 32);
+    body.extend_from_slice(magic);
     body.extend_from_slice(key);
-    body.push(u8::from(tokens.complete));
-    body.extend_from_slice(&(tokens.sample_ends.len() as u64).to_le_bytes());
-    body.extend_from_slice(&(tokens.ids.len() as u64).to_le_bytes());
-    for &end in &tokens.sample_ends {
+    body.extend_from_slice(header);
+    body.extend_from_slice(&(sample_ends.len() as u64).to_le_bytes());
+    body.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    for &end in sample_ends {
         body.extend_from_slice(&(end as u64).to_le_bytes());
     }
-    for &id in &tokens.ids {
+    for &id in ids {
         let Ok(id) = u16::try_from(id) else {
             bail!("token id {id} does not fit the cache's 16-bit ids (GPT-2 ids are < 50257)");
         };

@@ -1,7 +1,8 @@
 //! Tests of corpus readers, split and cache on fixtures written to a temp dir.
 
 use super::corpus::{load_samples, Source, EMBEDDED_SAMPLES};
-use super::stream::{inspect_with, load_split, load_split_with_status, val_len, CacheUse};
+use super::split::{load_split, load_split_with_status, val_len, CacheUse, Split, Validation};
+use super::stream::inspect_with;
 use super::tokenizer::Tokenizer;
 use crate::scratch::scratch;
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
@@ -170,7 +171,7 @@ fn parquet_split_directory_is_read_in_name_order() {
     assert_eq!(load_samples(&pattern).unwrap(), expected);
 
     // Samples are read lazily across files: 4 samples = file 0 plus one row of file 1.
-    let split = load_split(&pattern, 4, 0.1, &dir.join("cache")).unwrap();
+    let split = load_split(&pattern, 4, Validation::Tail(0.1), &dir.join("cache")).unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     let full: Vec<u32> = expected[..4].iter().flat_map(|s| tok.encode(s)).collect();
     assert_eq!([split.train, split.val].concat(), full);
@@ -258,7 +259,7 @@ fn validation_tokens_never_enter_training() {
     write_parquet_convs(&path, &convs);
     let corpus = path.to_str().unwrap();
     let cache = dir.join("cache");
-    let split = load_split(corpus, 7, 0.1, &cache).unwrap();
+    let split = load_split(corpus, 7, Validation::Tail(0.1), &cache).unwrap();
 
     let tok = Tokenizer::gpt2().unwrap();
     let pieces: Vec<Vec<u32>> = convs.iter().map(|c| tok.encode(&text_of(c))).collect();
@@ -281,10 +282,91 @@ fn validation_tokens_never_enter_training() {
     // Same token count, different last words: train is untouched.
     convs[6] = vec![(tail("dog"), "user".into())];
     write_parquet_convs(&path, &convs);
-    let changed = load_split(corpus, 7, 0.1, &cache).unwrap();
+    let changed = load_split(corpus, 7, Validation::Tail(0.1), &cache).unwrap();
     assert_eq!(changed.train, split.train);
     assert_eq!(changed.val.len(), split.val.len());
     assert_ne!(changed.val, split.val);
+}
+
+/// Tail mode: the validation samples are the ones the tail overlaps (the
+/// first partly), and every position is binned to its target's sample.
+#[test]
+fn tail_validation_is_binned_by_sample() {
+    let split = Split {
+        samples: 3,
+        train: vec![1; 7],
+        val: vec![2; 6],
+        sample_ends: vec![4, 9, 13],
+        val_sample_ends: vec![2, 6],
+        source: "test".into(),
+    };
+    // positions 0..5 predict val[1..6]: targets 1 in sample 0, 2..5 in sample 1
+    assert_eq!(split.val_bins(), vec![0, 1, 1, 1, 1]);
+    assert_eq!(split.val_positions_per_sample(), vec![1, 4]);
+    let dir = scratch("tail-bins");
+    let convs: Vec<_> = (0..6).map(chat).collect();
+    let path = dir.join("chat.jsonl");
+    let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let split = load_split(path.to_str().unwrap(), 6, Validation::Tail(0.4), &dir).unwrap();
+    let start = split.train.len();
+    let want: Vec<usize> = split
+        .sample_ends
+        .iter()
+        .filter(|&&e| e > start)
+        .map(|e| e - start)
+        .collect();
+    assert!(want.len() >= 2, "fixture: the tail spans samples");
+    assert_eq!(split.val_sample_ends, want);
+    assert_eq!(*want.last().unwrap(), split.val.len());
+    let counts = split.val_positions_per_sample();
+    assert_eq!(counts.iter().sum::<usize>(), split.val.len() - 1);
+    assert_eq!(
+        counts[1..],
+        want.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()[..]
+    );
+}
+
+/// Heldout mode: the corpus's last k samples validate every cell (identical
+/// ids and identity), training is exactly the first N samples, the tail's
+/// tokenization is cached, and a corpus too small is refused naming the
+/// numbers.
+#[test]
+fn heldout_validation_is_the_same_last_samples_for_every_cell() {
+    let dir = scratch("heldout");
+    let convs: Vec<_> = (0..9).map(chat).collect();
+    let path = dir.join("chat.jsonl");
+    let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let corpus = path.to_str().unwrap();
+    let cache = dir.join("cache");
+    let tok = Tokenizer::gpt2().unwrap();
+    let pieces: Vec<Vec<u32>> = convs.iter().map(|c| tok.encode(&text_of(c))).collect();
+    let (first, used) = load_split_with_status(corpus, 6, Validation::Heldout(3), &cache).unwrap();
+    assert_eq!(used, CacheUse::Built);
+    assert_eq!(first.train, pieces[..6].concat());
+    assert_eq!(first.val, pieces[6..].concat());
+    let mut ends = Vec::new();
+    for p in &pieces[6..] {
+        ends.push(ends.last().copied().unwrap_or(0) + p.len());
+    }
+    assert_eq!(first.val_sample_ends, ends);
+    for n in [2, 6] {
+        let (split, used) =
+            load_split_with_status(corpus, n, Validation::Heldout(3), &cache).unwrap();
+        assert_eq!(used, CacheUse::Reused);
+        assert_eq!(split.train, pieces[..n].concat());
+        assert_eq!(split.sample_ends.len(), n);
+        assert_eq!(split.val, first.val);
+        assert_eq!(split.val_set_id(), first.val_set_id());
+    }
+    let tail = load_split(corpus, 6, Validation::Tail(0.1), &cache).unwrap();
+    assert_ne!(tail.val_set_id(), first.val_set_id());
+    let err = err_text(load_split(corpus, 7, Validation::Heldout(3), &cache));
+    assert!(
+        err.contains("has 9 samples, too few for 7 training samples plus a held-out validation set of 3 (val_samples)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -302,7 +384,7 @@ fn cache_is_reused_and_invalidated() {
     };
     let texts: Vec<String> = convs.iter().map(|c| text_of(c)).collect();
 
-    let (first, used) = load_split_with_status(corpus, 5, 0.2, &cache).unwrap();
+    let (first, used) = load_split_with_status(corpus, 5, Validation::Tail(0.2), &cache).unwrap();
     assert_eq!(used, CacheUse::Built);
     assert_eq!(
         [first.train.clone(), first.val.clone()].concat(),
@@ -310,9 +392,9 @@ fn cache_is_reused_and_invalidated() {
     );
 
     // Fewer samples and another val_fraction reuse the same tokenization.
-    let (again, used) = load_split_with_status(corpus, 5, 0.2, &cache).unwrap();
+    let (again, used) = load_split_with_status(corpus, 5, Validation::Tail(0.2), &cache).unwrap();
     assert_eq!((used, &again), (CacheUse::Reused, &first));
-    let (fewer, used) = load_split_with_status(corpus, 3, 0.5, &cache).unwrap();
+    let (fewer, used) = load_split_with_status(corpus, 3, Validation::Tail(0.5), &cache).unwrap();
     assert_eq!(used, CacheUse::Reused);
     let full3 = expect(3, &texts);
     assert_eq!(fewer.val.len(), val_len(full3.len(), 0.5));
@@ -320,11 +402,13 @@ fn cache_is_reused_and_invalidated() {
     assert_eq!(fewer.sample_ends, first.sample_ends[..3]);
 
     // More samples than cached: rebuilt, then reused.
-    let (more, used) = load_split_with_status(corpus, 8, 0.1, &cache).unwrap();
+    let (more, used) = load_split_with_status(corpus, 8, Validation::Tail(0.1), &cache).unwrap();
     assert_eq!(used, CacheUse::Built);
     assert_eq!([more.train, more.val].concat(), expect(8, &texts));
     assert_eq!(
-        load_split_with_status(corpus, 2, 0.1, &cache).unwrap().1,
+        load_split_with_status(corpus, 2, Validation::Tail(0.1), &cache)
+            .unwrap()
+            .1,
         CacheUse::Reused
     );
     assert_eq!(
@@ -340,7 +424,7 @@ fn cache_is_reused_and_invalidated() {
     lines[0] =
         serde_json::json!({"messages": [{"content": edited[0], "role": "user"}]}).to_string();
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let (after, used) = load_split_with_status(corpus, 5, 0.2, &cache).unwrap();
+    let (after, used) = load_split_with_status(corpus, 5, Validation::Tail(0.2), &cache).unwrap();
     assert_eq!(used, CacheUse::Built);
     assert_eq!([after.train, after.val].concat(), expect(5, &edited));
 
@@ -355,7 +439,8 @@ fn cache_is_reused_and_invalidated() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&cache_file, &bytes).unwrap();
-    let (repaired, used) = load_split_with_status(corpus, 5, 0.2, &cache).unwrap();
+    let (repaired, used) =
+        load_split_with_status(corpus, 5, Validation::Tail(0.2), &cache).unwrap();
     assert_eq!(used, CacheUse::Built);
     assert_eq!([repaired.train, repaired.val].concat(), expect(5, &edited));
 }
@@ -367,7 +452,7 @@ fn too_many_samples_is_a_clear_error() {
     write_parquet_convs(&path, &(0..4).map(chat).collect::<Vec<_>>());
     let corpus = path.to_str().unwrap();
     let cache = dir.join("cache");
-    let err = err_text(load_split(corpus, 500, 0.1, &cache));
+    let err = err_text(load_split(corpus, 500, Validation::Tail(0.1), &cache));
     assert!(
         err.contains(
             "has 4 samples but 500 were requested; lower sample_counts or give a larger corpus"
@@ -376,13 +461,13 @@ fn too_many_samples_is_a_clear_error() {
     );
     assert!(err.contains("chat.parquet"), "{err}");
     // Same answer when the complete corpus is already cached.
-    assert!(load_split(corpus, 4, 0.5, &cache).is_ok());
-    let err = err_text(load_split(corpus, 5, 0.1, &cache));
+    assert!(load_split(corpus, 4, Validation::Tail(0.5), &cache).is_ok());
+    let err = err_text(load_split(corpus, 5, Validation::Tail(0.1), &cache));
     assert!(err.contains("has 4 samples but 5 were requested"), "{err}");
     // Too few tokens for a validation part.
-    let err = err_text(load_split(corpus, 1, 0.1, &cache));
+    let err = err_text(load_split(corpus, 1, Validation::Tail(0.1), &cache));
     assert!(err.contains("each needs at least 2"), "{err}");
-    let err = err_text(load_split(corpus, 1, 1.5, &cache));
+    let err = err_text(load_split(corpus, 1, Validation::Tail(1.5), &cache));
     assert!(err.contains("val_fraction is 1.5"), "{err}");
 }
 
@@ -407,7 +492,12 @@ fn bad_inputs_give_clear_errors() {
     std::fs::write(&empty, "\n\n").unwrap();
     let err = err_text(load_samples(&s(&empty)));
     assert!(err.contains("empty.jsonl is empty (no samples)"), "{err}");
-    let err = err_text(load_split(&s(&empty), 1, 0.1, &dir.join("cache")));
+    let err = err_text(load_split(
+        &s(&empty),
+        1,
+        Validation::Tail(0.1),
+        &dir.join("cache"),
+    ));
     assert!(err.contains("is empty (no samples)"), "{err}");
 
     let empty_dir = dir.join("nothing");
@@ -584,7 +674,7 @@ fn embedded_corpus_loads() {
     assert!(samples.iter().filter(|s| s.trim().is_empty()).count() < 10);
 
     let dir = scratch("embedded");
-    let split = load_split("", 50, 0.1, &dir).unwrap();
+    let split = load_split("", 50, Validation::Tail(0.1), &dir).unwrap();
     assert_eq!(split.source, "embedded chitchat-dataset 0.9.0");
     let tok = Tokenizer::gpt2().unwrap();
     let full: Vec<u32> = samples[..50].iter().flat_map(|s| tok.encode(s)).collect();
@@ -604,7 +694,7 @@ fn embedded_corpus_inspect_figures() {
         N = 500: 226531 tokens, train 203878, val 22653\n";
     assert_eq!(report, expected);
     // inspect cached every sample, so a run on N = 500 reuses it.
-    let (split, used) = load_split_with_status("", 500, 0.1, &dir).unwrap();
+    let (split, used) = load_split_with_status("", 500, Validation::Tail(0.1), &dir).unwrap();
     assert_eq!(used, CacheUse::Reused);
     assert_eq!((split.train.len(), split.val.len()), (203_878, 22_653));
 }
@@ -656,7 +746,13 @@ fn parquet_null_rows_and_mixed_directories_are_errors() {
         "{err}"
     );
     // The rows before the bad one are fine (a null role does not matter).
-    let split = load_split(path.to_str().unwrap(), 2, 0.5, &dir.join("cache")).unwrap();
+    let split = load_split(
+        path.to_str().unwrap(),
+        2,
+        Validation::Tail(0.5),
+        &dir.join("cache"),
+    )
+    .unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     let expected = [tok.encode("row 0"), tok.encode("row 1")].concat();
     assert_eq!([split.train, split.val].concat(), expected);

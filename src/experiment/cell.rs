@@ -4,7 +4,7 @@
 use crate::cell_result::CellResult;
 use crate::claim::Claim;
 use crate::config::Config;
-use crate::data::{load_split, Split};
+use crate::data::{load_split, Split, Validation};
 use crate::io::write_atomic;
 use crate::models::{self, check_split, replicate_config, CellPaths, ModelKind};
 use anyhow::{Context, Result};
@@ -15,7 +15,7 @@ use std::time::Instant;
 /// and the seconds it took to load.
 pub fn load_cell_split(cfg: &Config, samples: usize, cache_dir: &Path) -> Result<(Split, f64)> {
     let t = Instant::now();
-    let split = load_split(&cfg.corpus, samples, cfg.val_fraction, cache_dir)?;
+    let split = load_split(&cfg.corpus, samples, Validation::of(cfg), cache_dir)?;
     check_split(cfg, &split)?;
     Ok((split, t.elapsed().as_secs_f64()))
 }

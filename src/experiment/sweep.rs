@@ -15,30 +15,23 @@ use crate::models::{self, replicate_config, CellPaths, ModelKind};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// The config with the fields that do not change results blanked, for the
-/// "same experiment?" check (thread count, device and state interval may
-/// differ per process).
-fn experiment_identity(cfg: &Config) -> Config {
-    Config {
-        threads: 0,
-        device: String::new(),
-        state_interval_seconds: 0.0,
-        ..cfg.clone()
-    }
-}
-
-/// Claims `dir` for `cfg`, or refuses if it holds another config's cells.
-fn claim_dir(dir: &Path, cfg: &Config) -> Result<()> {
+/// Claims `dir` for `cfg`, or refuses if it holds another experiment's
+/// cells (`Config::identity`: other sample counts or replicates are the same
+/// experiment, grown). Returns the directory's config: `cfg` with the sample
+/// counts and replicates of every sweep run into it so far, what the report
+/// covers.
+fn claim_dir(dir: &Path, cfg: &Config) -> Result<Config> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("config.json");
+    let mut merged = cfg.clone();
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let old: Config = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a newllm config", path.display()))?;
-        if experiment_identity(&old) != experiment_identity(cfg) {
-            let a = serde_json::to_value(experiment_identity(&old))?;
-            let b = serde_json::to_value(experiment_identity(cfg))?;
+        if old.identity() != cfg.identity() {
+            let a = serde_json::to_value(old.identity())?;
+            let b = serde_json::to_value(cfg.identity())?;
             let diff: Vec<String> = a
                 .as_object()
                 .into_iter()
@@ -57,9 +50,26 @@ fn claim_dir(dir: &Path, cfg: &Config) -> Result<()> {
                 diff.join("; ")
             );
         }
-        return Ok(());
+        // The runtime fields stay the first sweep's; the cells and seeds grow.
+        merged = Config {
+            sample_counts: union(&old.sample_counts, &cfg.sample_counts),
+            replicates: old.replicates.max(cfg.replicates),
+            ..old.clone()
+        };
+        if merged == old {
+            return Ok(merged);
+        }
     }
-    write_atomic(&path, serde_json::to_string_pretty(cfg)?.as_bytes())
+    write_atomic(&path, serde_json::to_string_pretty(&merged)?.as_bytes())?;
+    Ok(merged)
+}
+
+/// The sample counts of both lists, ascending, each once.
+fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut all: Vec<usize> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 /// A finished cell of `model`'s replicate under this config, if `dir` has one.
@@ -83,8 +93,7 @@ fn finished_cell(
         }
     };
     let want = replicate_config(cfg, replicate);
-    (r.model == model.name() && experiment_identity(&r.config) == experiment_identity(&want))
-        .then_some(r)
+    (r.model == model.name() && model.identity(&r.config) == model.identity(&want)).then_some(r)
 }
 
 /// Removes the state of a finished run, left when a kill landed between its
@@ -120,9 +129,12 @@ pub fn run_sweep(
     only_cell: Option<usize>,
 ) -> Result<Option<SweepResults>> {
     crate::ops::set_threads(cfg.threads);
-    // Fails before anything is written when the device cannot run here.
+    // Fail before anything is written when the device cannot run here, or
+    // the corpus cannot hold the largest cell beside a held-out validation set.
     models::check_device(cfg)?;
-    claim_dir(dir, cfg)?;
+    let largest = cfg.sample_counts.iter().copied().max().unwrap_or(0);
+    crate::data::check_fits(cfg, largest, cache_dir)?;
+    let merged = claim_dir(dir, cfg)?;
     let indices: Vec<usize> = match only_cell {
         Some(i) if i >= cfg.sample_counts.len() => {
             bail!(
@@ -168,7 +180,8 @@ pub fn run_sweep(
             eprintln!("{}", summary_line(&res));
         }
     }
-    let (done, missing) = finished_runs(dir, cfg);
+    // The report covers every cell and seed the directory has been asked for.
+    let (done, missing) = finished_runs(dir, &merged);
     if !missing.is_empty() {
         eprintln!(
             "still to run: {}; `newllm report {}` merges what is there",
@@ -177,7 +190,7 @@ pub fn run_sweep(
         );
         return Ok(None);
     }
-    write_results(dir, cfg, &done).map(Some)
+    write_results(dir, &merged, &done).map(Some)
 }
 
 /// Every finished run of `cfg` in `dir` (each result file read once), and

@@ -61,10 +61,35 @@ impl ModelKind {
             .collect()
     }
 
+    /// What this model's result depends on under `cfg` (`Config::identity`
+    /// narrowed to the settings the model reads, resolved): two configs with
+    /// equal identities give the model the same run, so a comparison trains
+    /// each distinct baseline once.
+    pub fn identity(self, cfg: &Config) -> serde_json::Value {
+        match self {
+            ModelKind::NewLlm => serde_json::to_value(cfg.identity()).unwrap_or_default(),
+            ModelKind::Kn => kn::cell::identity(cfg),
+            ModelKind::Transformer => transformer::cell::identity(cfg),
+        }
+    }
+
     /// Replicate indices this model runs under `cfg`.
     pub fn replicates(self, cfg: &Config) -> std::ops::Range<usize> {
         0..if self.seeded() { cfg.replicates } else { 1 }
     }
+}
+
+/// The data settings every model's result depends on: the corpus, the
+/// validation setting and the vocabulary.
+pub fn data_identity(cfg: &Config) -> serde_json::Value {
+    let id = cfg.identity();
+    serde_json::json!({
+        "corpus": id.corpus,
+        "vocab_size": id.vocab_size,
+        "val_mode": id.val_mode,
+        "val_fraction": id.val_fraction,
+        "val_samples": id.val_samples,
+    })
 }
 
 /// The config replicate `r` of a seeded model runs with: seed + r.

@@ -10,6 +10,14 @@ use crate::memory::{gib, peak_rss, refuse_if_too_big};
 use anyhow::Result;
 use std::time::Instant;
 
+/// What a Kneser-Ney cell depends on: the data and the order (it has no
+/// seed and no training settings).
+pub fn identity(cfg: &Config) -> serde_json::Value {
+    let mut id = crate::models::data_identity(cfg);
+    id["kn_order"] = cfg.kn_order.into();
+    id
+}
+
 /// The model of a cell: counts of the training stream only.
 pub fn build(cfg: &Config, split: &Split) -> Result<KneserNey> {
     KneserNey::train(&split.train, cfg.kn_order, cfg.vocab_size)
@@ -32,7 +40,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
     let lm = build(cfg, split)?;
     let build = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let eval = lm.evaluate(&split.val)?;
+    let eval = lm.evaluate(&split.val, &split.val_bins())?;
     let evaluate = t.elapsed().as_secs_f64();
     let mut seconds = Timings::default();
     seconds.add("build", build);
@@ -48,6 +56,9 @@ pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
         val_ppl: eval.ppl(),
         val_loss: eval.total_log_loss / eval.positions as f64,
         val_acc: eval.acc(),
+        val_set: split.val_set_id(),
+        val_sample_losses: eval.sample_losses,
+        val_sample_positions: split.val_positions_per_sample(),
         best_epoch: 0,
         stop_epoch: 0,
         early_stopped: false,
@@ -72,11 +83,13 @@ mod tests {
     use crate::rng::Rng;
 
     fn split(train: Vec<u32>, val: Vec<u32>) -> Split {
+        let val_sample_ends = vec![val.len()];
         Split {
             samples: 1,
             train,
             val,
             sample_ends: vec![],
+            val_sample_ends,
             source: "test".into(),
         }
     }

@@ -74,7 +74,7 @@ struct Context {
 }
 
 /// Result of scoring a stream with `KneserNey::evaluate`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Eval {
     /// Predicted positions: the stream length minus one.
     pub positions: u64,
@@ -82,6 +82,8 @@ pub struct Eval {
     pub total_log_loss: f64,
     /// Positions whose arg max over the whole vocabulary is the target.
     pub correct: u64,
+    /// The log loss summed per validation sample (`evaluate`'s bins).
+    pub sample_losses: Vec<f64>,
 }
 
 impl Eval {
@@ -218,8 +220,10 @@ impl KneserNey {
 
     /// Scores every position t of `stream` but the last: predicts
     /// `stream[t + 1]` from the tokens of `stream` before it (at most
-    /// order-1), so the first positions have shorter histories.
-    pub fn evaluate(&self, stream: &[u32]) -> Result<Eval> {
+    /// order-1), so the first positions have shorter histories. Position
+    /// t's loss is also summed into sample `bins[t]` when `bins` (one per
+    /// position) is not empty.
+    pub fn evaluate(&self, stream: &[u32], bins: &[u32]) -> Result<Eval> {
         if stream.len() < 2 {
             bail!(
                 "the evaluation stream has {} tokens; at least 2 are needed",
@@ -234,14 +238,27 @@ impl KneserNey {
             );
         }
         check_ids(stream, self.vocab_size, "evaluation")?;
+        if !bins.is_empty() && bins.len() != stream.len() - 1 {
+            bail!(
+                "{} sample bins for {} evaluation positions",
+                bins.len(),
+                stream.len() - 1
+            );
+        }
         let mut scorer = Scorer::new(self);
-        let mut eval = Eval::default();
+        let mut eval = Eval {
+            sample_losses: vec![0.0; bins.last().map_or(0, |&b| b as usize + 1)],
+            ..Eval::default()
+        };
         for t in 0..stream.len() - 1 {
             let history = &stream[(t + 2).saturating_sub(self.order)..=t];
             let target = stream[t + 1];
             let (p, best) = scorer.score(history, target);
             eval.positions += 1;
             eval.total_log_loss -= p.ln();
+            if let Some(&b) = bins.get(t) {
+                eval.sample_losses[b as usize] -= p.ln();
+            }
             if best == target {
                 eval.correct += 1;
             }

@@ -212,10 +212,13 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     let ts = Stream {
         ids: &split.train,
         src: &train_src,
+        bins: &[],
     };
+    let val_bins = split.val_bins();
     let vs = Stream {
         ids: &split.val,
         src: &val_src,
+        bins: &val_bins,
     };
     let phase2_base = meta.seconds.phase2;
     let p2 = Engine::phase2_run(
@@ -301,6 +304,9 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         val_ppl: best.val_ppl,
         val_loss: best.val_loss,
         val_acc: best.val_acc,
+        val_set: split.val_set_id(),
+        val_sample_losses: p2.best_sample_losses.clone(),
+        val_sample_positions: split.val_positions_per_sample(),
         best_epoch: p2.best_epoch,
         stop_epoch: p2.stop_epoch(),
         early_stopped: p2.early_stopped,
@@ -362,6 +368,7 @@ mod tests {
             train: (0..300).map(|i| ((i * 7) % 23) as u32).collect(),
             val: (0..40).map(|i| (50 + (i * 13) % 47) as u32).collect(),
             sample_ends: vec![100, 200, 340],
+            val_sample_ends: vec![40],
             source: "test".into(),
         }
     }
@@ -432,8 +439,9 @@ mod tests {
         let vs = Stream {
             ids: &split.val,
             src: &val_src,
+            bins: &[],
         };
-        let (loss, _) = Phase2::new(&model).evaluate(&model, &vs);
+        let loss = Phase2::new(&model).evaluate(&model, &vs).loss;
         assert!((loss - r.val_loss).abs() < 1e-9, "{loss} vs {}", r.val_loss);
     }
 

@@ -445,10 +445,12 @@ pub fn run_case(
     let ts = Stream {
         ids: &train,
         src: &train_src,
+        bins: &[],
     };
     let vs = Stream {
         ids: &val,
         src: &val_src,
+        bins: &[],
     };
     let bs = cfg.phase2_batch_size;
     let positions = ts.positions();

@@ -7,7 +7,7 @@ use super::cache::recompute_layers;
 use super::model::{BlockActs, Model};
 use crate::cell_result::Epoch;
 use crate::ops::{self, Adam};
-use crate::train_loop::{self, EpochProgress, EpochSteps};
+use crate::train_loop::{self, EpochProgress, EpochSteps, Evaluation};
 use anyhow::{bail, Result};
 
 /// One stream with its cache: positions 0..len-2 predict ids[1..].
@@ -15,6 +15,9 @@ pub struct Stream<'a> {
     pub ids: &'a [u32],
     /// Cache source (see cache.rs): input(j) = 0 for j = 0, else src[j - 1].
     pub src: &'a [f32],
+    /// Validation: the sample each position's target belongs to
+    /// (`Split::val_bins`); empty for training, or to skip per-sample losses.
+    pub bins: &'a [u32],
 }
 
 impl Stream<'_> {
@@ -125,22 +128,31 @@ impl Phase2 {
         Ok(total / n as f64)
     }
 
-    /// Mean loss and correct count over every position of a stream.
-    pub fn evaluate(&mut self, model: &Model, s: &Stream) -> (f64, usize) {
+    /// Mean loss, correct count and per-sample losses (when the stream has
+    /// `bins`) over every position of a stream.
+    pub fn evaluate(&mut self, model: &Model, s: &Stream) -> Evaluation {
         let (n, v) = (s.positions(), model.cfg.vocab_size);
         let (mut total, mut correct) = (0.0, 0);
+        let mut sample_losses = vec![0.0; s.bins.last().map_or(0, |&b| b as usize + 1)];
         for start in (0..n).step_by(self.cap) {
             let rows = self.cap.min(n - start);
             self.forward(model, s, start, rows);
-            let (l, c) = ops::cross_entropy(
-                &mut self.logits[..rows * v],
-                &s.ids[start + 1..start + 1 + rows],
-                false,
-            );
+            let logits = &mut self.logits[..rows * v];
+            let targets = &s.ids[start + 1..start + 1 + rows];
+            let (l, c) = if s.bins.is_empty() {
+                ops::cross_entropy(logits, targets, false)
+            } else {
+                let bins = &s.bins[start..start + rows];
+                ops::cross_entropy_binned(logits, targets, bins, &mut sample_losses)
+            };
             total += l;
             correct += c;
         }
-        (total / n as f64, correct)
+        Evaluation {
+            loss: total / n as f64,
+            correct,
+            sample_losses,
+        }
     }
 }
 
@@ -203,7 +215,7 @@ impl EpochSteps for CpuSteps<'_, '_, '_> {
     fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
         self.p2.train_epoch(self.model, self.train, epoch)
     }
-    fn evaluate(&mut self) -> Result<(f64, usize)> {
+    fn evaluate(&mut self) -> Result<Evaluation> {
         Ok(self.p2.evaluate(self.model, self.val))
     }
     fn keep_best(&mut self) -> Result<()> {
@@ -305,6 +317,7 @@ mod tests {
         let s = Stream {
             ids: &ids,
             src: &src,
+            bins: &[],
         };
         let mut p2 = Phase2::new(&model);
         // batch 1 has only head gradient (the head starts at zero), batch 2 all
@@ -338,6 +351,7 @@ mod tests {
         let s = Stream {
             ids: &ids,
             src: &src,
+            bins: &[],
         };
         let mut p2 = Phase2::new(&model);
         for start in (0..s.positions()).step_by(16) {
@@ -362,6 +376,7 @@ mod tests {
         let s = Stream {
             ids: &ids,
             src: &src,
+            bins: &[],
         };
         let mut p2 = Phase2::new(&model);
         p2.train_epoch(&mut model, &s, 1).unwrap();
@@ -392,13 +407,34 @@ mod tests {
         let s = Stream {
             ids: &ids,
             src: &src,
+            bins: &[],
         };
         let mut p2 = Phase2::new(&model);
         // the head starts at zero: every logit is 0, loss ln V, argmax id 0
-        let (loss, correct) = p2.evaluate(&model, &s);
+        let e = p2.evaluate(&model, &s);
+        let (loss, correct) = (e.loss, e.correct);
         assert!((loss - 50f64.ln()).abs() < 1e-6, "{loss}");
         assert_eq!(correct, ids[1..].iter().filter(|&&t| t == 0).count());
         assert!(correct > 0);
+        assert!(e.sample_losses.is_empty(), "no bins, no per-sample losses");
+        // with samples: the same figures, and each sample's loss summed
+        // over exactly its positions (ln V each)
+        let n = s.positions();
+        let bins: Vec<u32> = (0..n)
+            .map(|p| u32::from(p >= 3) + u32::from(p >= n - 1))
+            .collect();
+        let binned = Stream { bins: &bins, ..s };
+        let b = p2.evaluate(&model, &binned);
+        assert_eq!((b.loss.to_bits(), b.correct), (loss.to_bits(), correct));
+        let per = |k: f64| k * 50f64.ln();
+        assert_eq!(b.sample_losses.len(), 3);
+        for (got, want) in b
+            .sample_losses
+            .iter()
+            .zip([per(3.0), per((n - 4) as f64), per(1.0)])
+        {
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        }
     }
 
     #[test]
@@ -407,10 +443,12 @@ mod tests {
         let a = Stream {
             ids: &one,
             src: &[],
+            bins: &[],
         };
         let b = Stream {
             ids: &two,
             src: &[],
+            bins: &[],
         };
         let err = check_streams(&b, &a).unwrap_err().to_string();
         assert!(err.contains("got 2 and 1"), "{err}");

@@ -16,7 +16,7 @@ use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::newllm::model::block_param_counts;
 use crate::models::CellPaths;
 use crate::state::{self, Fingerprint, Saver};
-use crate::train_loop::{self, EpochProgress, EpochSteps};
+use crate::train_loop::{self, EpochProgress, EpochSteps, Evaluation};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -57,6 +57,29 @@ pub fn dims_for(cfg: &Config) -> TransformerDims {
     TransformerDims { d_model: d, ..base }
 }
 
+/// What a transformer cell depends on: the data, the shape as resolved
+/// (the size rule reads New-LLM's settings), the seed and New-LLM's
+/// Phase-2 protocol it trains with.
+pub fn identity(cfg: &Config) -> serde_json::Value {
+    let d = dims_for(cfg);
+    let mut id = crate::models::data_identity(cfg);
+    for (k, v) in [
+        ("n_layer", d.n_layer.into()),
+        ("n_head", d.n_head.into()),
+        ("d_model", d.d_model.into()),
+        ("block_size", d.block_size.into()),
+        ("seed", cfg.seed.into()),
+        ("phase2_learning_rate", cfg.phase2_learning_rate.into()),
+        ("phase2_batch_size", cfg.phase2_batch_size.into()),
+        ("phase2_epochs", cfg.phase2_epochs.into()),
+        ("phase2_patience", cfg.phase2_patience.into()),
+        ("phase2_gradient_clip", cfg.phase2_gradient_clip.into()),
+    ] {
+        id[k] = v;
+    }
+    id
+}
+
 /// Windows per step so a step holds `phase2_batch_size` positions (at least one window).
 fn windows_per_batch(cfg: &Config) -> usize {
     (cfg.phase2_batch_size / cfg.transformer_block_size).max(1)
@@ -75,6 +98,8 @@ struct Steps<'a> {
     trainer: Trainer,
     train: Vec<Batch<'a>>,
     val: Vec<Batch<'a>>,
+    /// The validation sample of each validation position (`Split::val_bins`).
+    val_bins: Vec<u32>,
     best: Vec<f32>,
     /// None in tests that train without a cell around them.
     cell: Option<CellIo>,
@@ -140,17 +165,28 @@ impl EpochSteps for Steps<'_> {
         Ok(total / positions as f64)
     }
 
-    fn evaluate(&mut self) -> Result<(f64, usize)> {
+    fn evaluate(&mut self) -> Result<Evaluation> {
         let (mut total, mut correct, mut positions) = (0.0, 0, 0usize);
-        for b in &self.val {
+        let mut sample_losses = vec![0.0; self.val_bins.last().map_or(0, |&b| b as usize + 1)];
+        for &b in &self.val {
+            // Batches cover the stream's positions in order.
+            let rows = b.windows * b.t;
+            let bins = self
+                .val_bins
+                .get(positions..positions + rows)
+                .unwrap_or(&[]);
             let (l, c) = self
                 .trainer
-                .evaluate(&self.model, b.inputs, b.targets, b.windows, b.t)?;
+                .evaluate(&self.model, b, bins, &mut sample_losses)?;
             total += l;
             correct += c;
-            positions += b.windows * b.t;
+            positions += rows;
         }
-        Ok((total / positions as f64, correct))
+        Ok(Evaluation {
+            loss: total / positions as f64,
+            correct,
+            sample_losses,
+        })
     }
 
     fn keep_best(&mut self) -> Result<()> {
@@ -245,6 +281,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         trainer,
         train: batches(&split.train, dims.block_size, wpb)?,
         val: batches(&split.val, dims.block_size, wpb)?,
+        val_bins: split.val_bins(),
         best,
         cell: None,
     };
@@ -296,6 +333,9 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         val_ppl: best.val_ppl,
         val_loss: best.val_loss,
         val_acc: best.val_acc,
+        val_set: split.val_set_id(),
+        val_sample_losses: log.best_sample_losses.clone(),
+        val_sample_positions: split.val_positions_per_sample(),
         best_epoch: log.best_epoch,
         stop_epoch: log.stop_epoch(),
         early_stopped: log.early_stopped,
@@ -405,6 +445,7 @@ mod tests {
                 trainer,
                 train: batches(&train, dims.block_size, 2).unwrap(),
                 val: batches(val, dims.block_size, 2).unwrap(),
+                val_bins: Vec::new(),
                 best,
                 cell: None,
             };

@@ -115,19 +115,24 @@ impl Trainer {
         Ok((loss, norm))
     }
 
-    /// (sum of per-position losses, positions whose argmax is the target).
+    /// (sum of per-position losses, positions whose argmax is the target);
+    /// row r's loss is also added to `sample_losses[bins[r]]` when `bins`
+    /// (one per row) is not empty.
     pub fn evaluate(
         &mut self,
         model: &Transformer,
-        inputs: &[u32],
-        targets: &[u32],
-        windows: usize,
-        t: usize,
+        b: Batch,
+        bins: &[u32],
+        sample_losses: &mut [f64],
     ) -> Result<(f64, usize)> {
-        check_targets(model, targets, inputs.len())?;
-        model.forward(&mut self.acts, inputs, windows, t)?;
-        let logits = &mut self.acts.logits[..windows * t * model.dims.vocab_size];
-        Ok(ops::cross_entropy(logits, targets, false))
+        check_targets(model, b.targets, b.inputs.len())?;
+        model.forward(&mut self.acts, b.inputs, b.windows, b.t)?;
+        let logits = &mut self.acts.logits[..b.windows * b.t * model.dims.vocab_size];
+        Ok(if bins.is_empty() {
+            ops::cross_entropy(logits, b.targets, false)
+        } else {
+            ops::cross_entropy_binned(logits, b.targets, bins, sample_losses)
+        })
     }
 }
 
@@ -206,9 +211,7 @@ mod tests {
             losses.push(l);
             norms.push(n);
         }
-        let (sum, correct) = tr
-            .evaluate(&model, b.inputs, b.targets, b.windows, b.t)
-            .expect("valid");
+        let (sum, correct) = tr.evaluate(&model, b, &[], &mut []).expect("valid");
         losses.push(sum / 16.0);
         assert!(correct <= 16);
         (losses, norms, model.params)
@@ -259,7 +262,19 @@ mod tests {
             .train_step(&mut model, &[0, 1, 2, 3], &[1, 2, 3], 1, 4)
             .is_err()); // length
         assert!(tr.train_step(&mut model, &[0; 12], &[0; 12], 3, 4).is_err()); // > 8 rows
-        assert!(tr.evaluate(&model, &[0, 1], &[1, 7], 1, 2).is_err());
+        assert!(tr
+            .evaluate(
+                &model,
+                Batch {
+                    inputs: &[0, 1],
+                    targets: &[1, 7],
+                    windows: 1,
+                    t: 2
+                },
+                &[],
+                &mut []
+            )
+            .is_err());
         assert_eq!(model.params, before);
         assert!(Trainer::new(&model, 0, 1e-3, 1.0).is_err());
         // estimate = 16 bytes per parameter + the planned activations

@@ -240,7 +240,7 @@ fn evaluate_matches_sum_of_log_probs() {
         let train = zipf_stream(5000, vocab, 1.1, 31);
         let val = zipf_stream(700, vocab, 1.1, 32);
         let model = KneserNey::train(&train, order, vocab).unwrap();
-        let eval = model.evaluate(&val).unwrap();
+        let eval = model.evaluate(&val, &[]).unwrap();
         let mut loss = 0.0;
         let mut correct = 0;
         for t in 0..val.len() - 1 {
@@ -260,6 +260,29 @@ fn evaluate_matches_sum_of_log_probs() {
         assert!(eval.correct > 0);
         assert!((eval.ppl() - (loss / 699.0).exp()).abs() < 1e-9 * eval.ppl());
         assert_eq!(eval.acc(), correct as f64 / 699.0);
+        assert!(eval.sample_losses.is_empty());
+        // per sample: positions 0..99 in sample 0, the rest in sample 1
+        let bins: Vec<u32> = (0..699).map(|t| u32::from(t >= 100)).collect();
+        let binned = model.evaluate(&val, &bins).unwrap();
+        assert_eq!(
+            binned.total_log_loss.to_bits(),
+            eval.total_log_loss.to_bits()
+        );
+        let first: f64 = (0..100)
+            .map(|t: usize| {
+                -model
+                    .prob(&val[(t + 2).saturating_sub(order)..=t], val[t + 1])
+                    .ln()
+            })
+            .sum();
+        assert_eq!(binned.sample_losses.len(), 2);
+        assert!((binned.sample_losses[0] - first).abs() < 1e-9 * first);
+        let both = binned.sample_losses[0] + binned.sample_losses[1];
+        assert!((both - loss).abs() < 1e-9 * loss);
+        assert!(
+            model.evaluate(&val, &bins[1..]).is_err(),
+            "a bin per position"
+        );
     }
 }
 
@@ -296,11 +319,11 @@ fn bad_input_is_an_error() {
     let model = KneserNey::train(&[1, 2, 3, 1, 2], 2, 5).unwrap();
     let eval_message = |r: Result<Eval>| r.err().map(|e| e.to_string()).unwrap_or_default();
     assert_eq!(
-        eval_message(model.evaluate(&[1, 5])),
+        eval_message(model.evaluate(&[1, 5], &[])),
         "the evaluation stream has token id 5 at position 1, outside the vocabulary of 5 ids"
     );
     assert_eq!(
-        eval_message(model.evaluate(&[1])),
+        eval_message(model.evaluate(&[1], &[])),
         "the evaluation stream has 1 tokens; at least 2 are needed"
     );
 }
@@ -335,7 +358,7 @@ fn timing() {
         let start = std::time::Instant::now();
         let model = KneserNey::train(&train, order, vocab).unwrap();
         let built = start.elapsed().as_secs_f64();
-        let eval = model.evaluate(&val).unwrap();
+        let eval = model.evaluate(&val, &[]).unwrap();
         let total = start.elapsed().as_secs_f64();
         println!(
             "order {order}: build {built:.2} s, evaluate {:.2} s, total {total:.2} s, model {:.1} MiB, \

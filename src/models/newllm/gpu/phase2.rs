@@ -12,7 +12,7 @@ use super::runtime::{Arg, Buf, Dev};
 use crate::config::Config;
 use crate::models::newllm::model::Model;
 use crate::models::newllm::phase2::{OnEpoch, Stream};
-use crate::train_loop::{EpochProgress, EpochSteps};
+use crate::train_loop::{EpochProgress, EpochSteps, Evaluation};
 use anyhow::{bail, Context, Result};
 
 /// A stream (ids + cache source) on the device, remembered by host address
@@ -169,8 +169,18 @@ impl GpuPhase2 {
         )
     }
 
-    /// Cross-entropy of the logits against ids[start+1..]: (sum of row losses, correct).
-    fn xent(&self, dev: &Dev, start: usize, rows: usize, grad: bool) -> Result<(f64, usize)> {
+    /// Cross-entropy of the logits against ids[start+1..]: (sum of row
+    /// losses, correct); each row's loss is also added to
+    /// `sample_losses[bins[row]]` when `bins` (one per row) is not empty.
+    fn xent(
+        &self,
+        dev: &Dev,
+        start: usize,
+        rows: usize,
+        grad: bool,
+        bins: &[u32],
+        sample_losses: &mut [f64],
+    ) -> Result<(f64, usize)> {
         let ds = self.stream_bufs()?;
         dev.launch_rows(
             "softmax_xent",
@@ -186,7 +196,11 @@ impl GpuPhase2 {
                 Arg::P(self.correct.ptr),
             ],
         )?;
-        let loss: f64 = dev.read::<f64>(self.loss.ptr, rows)?.iter().sum();
+        let row_losses = dev.read::<f64>(self.loss.ptr, rows)?;
+        for (&l, &b) in row_losses.iter().zip(bins) {
+            sample_losses[b as usize] += l;
+        }
+        let loss: f64 = row_losses.iter().sum();
         let correct: i64 = dev
             .read::<i32>(self.correct.ptr, rows)?
             .iter()
@@ -197,7 +211,7 @@ impl GpuPhase2 {
 
     /// Phase2::backward: mean loss; gradient (zeroed first) in `grad`.
     pub(crate) fn backward(&mut self, dev: &Dev, start: usize, rows: usize) -> Result<f64> {
-        let (loss, _) = self.xent(dev, start, rows, true)?;
+        let (loss, _) = self.xent(dev, start, rows, true, &[], &mut [])?;
         dev.zero_bytes(self.grad.ptr, self.grad.len * 4)?;
         token_backward(
             dev,
@@ -237,18 +251,24 @@ impl GpuPhase2 {
         Ok(total / n as f64)
     }
 
-    fn evaluate(&mut self, dev: &Dev, cfg: &Config, s: &Stream) -> Result<(f64, usize)> {
+    fn evaluate(&mut self, dev: &Dev, cfg: &Config, s: &Stream) -> Result<Evaluation> {
         self.use_stream(dev, s)?;
         let n = s.positions();
         let (mut total, mut correct) = (0.0, 0);
+        let mut sample_losses = vec![0.0; s.bins.last().map_or(0, |&b| b as usize + 1)];
         for start in (0..n).step_by(self.cap) {
             let rows = self.cap.min(n - start);
             self.forward(dev, cfg, start, rows)?;
-            let (l, c) = self.xent(dev, start, rows, false)?;
+            let bins = s.bins.get(start..start + rows).unwrap_or(&[]);
+            let (l, c) = self.xent(dev, start, rows, false, bins, &mut sample_losses)?;
             total += l;
             correct += c;
         }
-        Ok((total / n as f64, correct))
+        Ok(Evaluation {
+            loss: total / n as f64,
+            correct,
+            sample_losses,
+        })
     }
 }
 
@@ -267,7 +287,7 @@ impl EpochSteps for GpuPhase2Steps<'_, '_, '_> {
     fn train_epoch(&mut self, epoch: usize) -> Result<f64> {
         self.p2.train_epoch(self.dev, self.cfg, self.train, epoch)
     }
-    fn evaluate(&mut self) -> Result<(f64, usize)> {
+    fn evaluate(&mut self) -> Result<Evaluation> {
         self.p2.evaluate(self.dev, self.cfg, self.val)
     }
     fn keep_best(&mut self) -> Result<()> {
