@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use newllm::config::Config;
 use newllm::experiment::cell::{run_cell, summary_line};
+use newllm::experiment::grid::{self, Grid};
 use newllm::experiment::report::baselines::mean_sd;
 use newllm::experiment::report::wording::alpha_sentence;
 use newllm::experiment::results::SweepResults;
@@ -80,20 +81,30 @@ enum Cmd {
         #[arg(long)]
         cell: Option<usize>,
     },
-    /// Merge the finished cells of a sweep directory into results.json and report.md.
+    /// Merge the finished cells of a sweep directory into results.json and
+    /// report.md (a comparison's directory: every config's report and compare.md).
     Report { dir: PathBuf },
-    /// The same cells under two or more settings (identical data and seeds), one side-by-side report.
+    /// The same cells under two or more configs (identical data and seeds):
+    /// each config a full sweep in DIR/<config>/, baselines once per distinct
+    /// configuration, one report DIR/compare.md.
     Compare {
         #[command(flatten)]
         run: RunArgs,
-        /// key=v1,v2[,...]: one side per value, e.g. token_input_all_layers=true,false.
+        /// key=v1,v2[,...]: one config per value, e.g. token_input_all_layers=true,false;
+        /// repeat for a grid (the cartesian product), e.g. --vary num_layers=1,2 --vary num_input_tokens=1,2.
         #[arg(long, conflicts_with = "presets")]
-        vary: Option<String>,
+        vary: Vec<String>,
         /// Two or more presets (names or .toml files), comma-separated.
         #[arg(long, value_delimiter = ',')]
         presets: Vec<String>,
         #[arg(long, default_value = "runs/compare")]
         out: PathBuf,
+        /// Run only this config (0-based, in the order the grid lists them), e.g. one Slurm array task each.
+        #[arg(long)]
+        config: Option<usize>,
+        /// Run only this cell of each config run (0-based index into sample_counts).
+        #[arg(long)]
+        cell: Option<usize>,
     },
     /// Time each stage against this machine's GEMM peak and memory bandwidth
     /// (measured in the same process), and a resume-state write in the JSON's
@@ -266,38 +277,49 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Report { dir } => {
-            let r = sweep::report_dir(&dir)?;
-            print_sweep(&r, &dir);
+            let done = grid::report_dir(&dir)?;
+            match &done[..] {
+                [(_, r)] if !dir.join("grid.json").exists() => print_sweep(r, &dir),
+                _ => println!("comparison: {}", dir.join("compare.md").display()),
+            }
         }
         Cmd::Compare {
             run,
             vary,
             presets,
             out,
+            config,
+            cell,
         } => {
-            let sides = match vary {
-                Some(v) => sweep::vary_sides(&run.config()?, &v)?,
-                None => {
-                    if presets.len() < 2 {
-                        anyhow::bail!(
-                            "compare needs --vary key=v1,v2 or --presets a,b (two or more)"
-                        );
-                    }
-                    presets
-                        .iter()
-                        .map(|p| {
-                            RunArgs {
-                                preset: p.clone(),
-                                ..run.clone()
-                            }
-                            .config()
-                            .map(|c| (p.clone(), c))
-                        })
-                        .collect::<Result<Vec<_>>>()?
+            let g = if presets.is_empty() {
+                Grid::vary(&run.config()?, &vary)?
+            } else {
+                if presets.len() < 2 {
+                    anyhow::bail!("compare needs --vary key=v1,v2 or --presets a,b (two or more)");
                 }
+                let configs = presets
+                    .iter()
+                    .map(|p| {
+                        RunArgs {
+                            preset: p.clone(),
+                            ..run.clone()
+                        }
+                        .config()
+                        .map(|c| (p.clone(), c))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Grid::presets(configs)
             };
-            sweep::run_compare(&sides, &out, &run.cache_dir)?;
+            let t0 = std::time::Instant::now();
+            let done = grid::run_grid(&g, &out, &run.cache_dir, config, cell)?;
+            if done.is_none() {
+                println!(
+                    "some runs are still to do; `newllm report {}` merges what is there",
+                    out.display()
+                );
+            }
             println!("comparison: {}", out.join("compare.md").display());
+            println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
         }
         Cmd::Bench {
             preset,

@@ -8,7 +8,8 @@ use common::{strip_timings, temp_dir};
 use newllm::config::{Config, ValMode};
 use newllm::data::Split;
 use newllm::experiment::cell::run_cell;
-use newllm::experiment::sweep::{report_dir, run_sweep};
+use newllm::experiment::grid::report_dir;
+use newllm::experiment::sweep::run_sweep;
 use newllm::io::write_atomic;
 use newllm::models::newllm::cache::{sequential_pass, train_cache};
 use newllm::models::newllm::model::Model;
@@ -268,7 +269,7 @@ fn separate_cell_runs_are_merged_by_report() {
     // cell 1 first, as another machine might
     assert!(run_sweep(&cfg, &out, &cache, Some(1)).unwrap().is_none());
     assert!(out.join("cell-8.json").exists() && !out.join("cell-4.json").exists());
-    let partial = report_dir(&out).unwrap();
+    let partial = report_dir(&out).unwrap().remove(0).1;
     assert_eq!(partial.cells.len(), 1);
     let full = run_sweep(&cfg, &out, &cache, Some(0))
         .unwrap()
@@ -277,7 +278,7 @@ fn separate_cell_runs_are_merged_by_report() {
         full.cells.iter().map(|c| c.samples).collect::<Vec<_>>(),
         vec![4, 8]
     );
-    let merged = report_dir(&out).unwrap();
+    let merged = report_dir(&out).unwrap().remove(0).1;
     assert_eq!(merged.cells, full.cells);
     assert!(merged.scaling.is_some());
     let err = run_sweep(&cfg, &out, &cache, Some(7))
@@ -669,7 +670,7 @@ fn a_sweep_grows_by_running_only_the_new_cells_and_seeds() {
     let saved: Config =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!((saved.sample_counts, saved.replicates), (vec![4, 8, 9], 2));
-    let partial = report_dir(&out).unwrap();
+    let partial = report_dir(&out).unwrap().remove(0).1;
     assert_eq!(
         partial.runs.iter().filter(|c| c.model == "newllm").count(),
         4
@@ -687,4 +688,97 @@ fn a_sweep_grows_by_running_only_the_new_cells_and_seeds() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("val_samples: 3 there, 2 now"), "{err}");
+}
+
+/// A two-axis grid: each config a sweep in its own directory, the n-gram
+/// trained once for all four, the transformer once per layer count (its
+/// size rule reads num_layers), heatmaps, and `--config` for one config.
+#[test]
+fn a_grid_runs_each_config_and_each_distinct_baseline_once() {
+    use newllm::experiment::grid::{run_grid, Grid};
+    let dir = temp_dir("grid");
+    let cache = dir.join("cache");
+    let cfg = Config {
+        replicates: 2,
+        ..heldout(write_corpus(&dir, 12))
+    };
+    let grid = Grid::vary(
+        &cfg,
+        &[
+            "num_layers=1,2".into(),
+            "phase1_learning_rate=0.002,0.004".into(),
+        ],
+    )
+    .unwrap();
+    let out = dir.join("out");
+    // one config first, as one Slurm array task would
+    assert!(run_grid(&grid, &out, &cache, Some(1), None)
+        .unwrap()
+        .is_none());
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(out
+        .join("num_layers=1,phase1_learning_rate=0.004/cell-8.json")
+        .exists());
+    assert!(!out.join("num_layers=1,phase1_learning_rate=0.002").exists());
+    assert!(
+        names(&out.join("baselines")).is_empty(),
+        "config 1 owns no baseline"
+    );
+    let done = run_grid(&grid, &out, &cache, None, None)
+        .unwrap()
+        .expect("all done");
+    assert_eq!(done.len(), 4);
+    let folders = names(&out.join("baselines"));
+    assert_eq!(folders.len(), 3, "{folders:?}");
+    assert_eq!(folders.iter().filter(|f| f.starts_with("kn-")).count(), 1);
+    assert_eq!(
+        folders
+            .iter()
+            .filter(|f| f.starts_with("transformer-"))
+            .count(),
+        2
+    );
+    // every config's report lists the shared baselines
+    for (_, r) in &done {
+        let models: Vec<&str> = r.models.iter().map(|m| m.model.as_str()).collect();
+        assert_eq!(models, vec!["newllm", "kn", "transformer"]);
+    }
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    for want in [
+        "## Configs side by side",
+        "## Val PPL per cell (mean ± sd over seeds)",
+        "## Baselines (each distinct configuration trained once)",
+        "| Kneser-Ney | all |",
+        "![alpha (lower = PPL falls faster with data)](plots/heatmap_alpha.png)",
+        "## Best config",
+    ] {
+        assert!(md.contains(want), "compare.md lacks {want:?}\n{md}");
+    }
+    for f in [
+        "heatmap_alpha.png",
+        "heatmap_alpha.svg",
+        "heatmap_ppl_8.png",
+        "compare_scaling.png",
+    ] {
+        assert!(out.join("plots").join(f).exists(), "{f}");
+    }
+    // report merges again from the files alone
+    let again = report_dir(&out).unwrap();
+    assert_eq!(again.len(), 4);
+    let side = report_dir(&out.join("num_layers=2,phase1_learning_rate=0.004")).unwrap();
+    assert_eq!(
+        side[0].1.models.len(),
+        3,
+        "a config's report finds the shared baselines"
+    );
 }

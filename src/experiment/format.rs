@@ -75,6 +75,16 @@ pub fn compare_command(config: &Config, key: &str, values: &[String]) -> String 
     )
 }
 
+/// The command that reruns this sweep's conditions with `changes` applied.
+pub fn set_command(config: &Config, changes: &[(&str, &str)]) -> String {
+    let keys: Vec<&str> = changes.iter().map(|(k, _)| *k).collect();
+    let mut cmd = "newllm sweep".to_string();
+    for (k, v) in changes {
+        cmd += &format!(" --set {}", shell_word(&format!("{k}={v}")));
+    }
+    cmd + &set_flags(config, &keys)
+}
+
 /// The command that reruns this sweep's conditions with other sample counts.
 pub fn sweep_command(config: &Config, sample_counts: &[usize]) -> String {
     let counts: Vec<String> = sample_counts.iter().map(|s| s.to_string()).collect();

@@ -663,3 +663,127 @@ mod tests {
         ensure_font().unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Heatmap: one value per (row, column) config of a two-axis grid.
+
+/// A value per config of a two-axis grid, drawn as coloured cells with the
+/// value written in each; lower values are darker (better for PPL and alpha).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heatmap {
+    pub title: String,
+    pub x_key: String,
+    pub x_values: Vec<String>,
+    pub y_key: String,
+    pub y_values: Vec<String>,
+    /// values[row][column], rows = y values; None = no result.
+    pub values: Vec<Vec<Option<f64>>>,
+    /// Decimals of the written values.
+    pub digits: usize,
+}
+
+impl Plot for Heatmap {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        use plotters::style::text_anchor::{HPos, Pos, VPos};
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (w, h) = self.size();
+        let (left, top, right, bottom) = (170i32, 70i32, 30i32, 90i32);
+        let cols = self.x_values.len().max(1) as i32;
+        let rows = self.y_values.len().max(1) as i32;
+        let cw = (w as i32 - left - right) / cols;
+        let ch = (h as i32 - top - bottom) / rows;
+        let centred = |size: u32, color: RGBColor| {
+            (FAMILY, size)
+                .into_font()
+                .color(&color)
+                .pos(Pos::new(HPos::Center, VPos::Center))
+        };
+        let finite: Vec<f64> = self
+            .values
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // Low values dark blue, high values pale yellow.
+        let shade = |v: f64| {
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+            let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * t).round() as u8;
+            RGBColor(mix(37, 253), mix(52, 231), mix(148, 37))
+        };
+        root.draw(&Text::new(
+            self.title.clone(),
+            (w as i32 / 2, top / 2),
+            centred(22, BLACK),
+        ))
+        .map_err(plot_err)?;
+        for (r, row) in self.values.iter().enumerate() {
+            for (c, value) in row.iter().enumerate() {
+                let (x0, y0) = (left + c as i32 * cw, top + r as i32 * ch);
+                let (fill, label, ink) = match value {
+                    Some(v) if v.is_finite() => {
+                        let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+                        let ink = if t < 0.5 { WHITE } else { BLACK };
+                        (shade(*v), format!("{v:.*}", self.digits), ink)
+                    }
+                    _ => (RGBColor(220, 220, 220), "-".to_string(), BLACK),
+                };
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cw, y0 + ch)],
+                    fill.filled(),
+                ))
+                .map_err(plot_err)?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cw, y0 + ch)],
+                    WHITE.stroke_width(2),
+                ))
+                .map_err(plot_err)?;
+                root.draw(&Text::new(
+                    label,
+                    (x0 + cw / 2, y0 + ch / 2),
+                    centred(20, ink),
+                ))
+                .map_err(plot_err)?;
+            }
+        }
+        for (c, v) in self.x_values.iter().enumerate() {
+            let x = left + c as i32 * cw + cw / 2;
+            root.draw(&Text::new(
+                v.clone(),
+                (x, top + rows * ch + 20),
+                centred(16, BLACK),
+            ))
+            .map_err(plot_err)?;
+        }
+        root.draw(&Text::new(
+            self.x_key.clone(),
+            (left + cols * cw / 2, top + rows * ch + 55),
+            centred(18, BLACK),
+        ))
+        .map_err(plot_err)?;
+        for (r, v) in self.y_values.iter().enumerate() {
+            let y = top + r as i32 * ch + ch / 2;
+            root.draw(&Text::new(v.clone(), (left - 25, y), centred(16, BLACK)))
+                .map_err(plot_err)?;
+        }
+        root.draw(&Text::new(
+            self.y_key.clone(),
+            (left / 2 - 10, top + rows * ch / 2),
+            centred(18, BLACK),
+        ))
+        .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+/// Writes `STEM.svg` and `STEM.png` of a heatmap.
+pub fn write_heatmap(stem: &Path, map: &Heatmap) -> Result<Vec<PathBuf>> {
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    render(map, stem)
+}

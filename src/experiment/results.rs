@@ -2,9 +2,14 @@
 //! section 7, written as `results.json` and read back by `report`/`compare`.
 
 use crate::cell_result::CellResult;
-use crate::config::Config;
+use crate::config::{Config, ValMode};
+use crate::experiment::laws::{
+    alpha_trend, compare_laws, extrapolate, leave_last_out, window_alphas, AlphaTrend,
+    Extrapolation, Holdout, Law, LawComparison, WindowAlpha,
+};
 use crate::experiment::stats::{
-    alpha_difference_p, correlation_pair, scaling_fit, CorrelationPair, ScalingFit,
+    alpha_difference_p, bootstrap_ppl_over_conversations, correlation_pair, scaling_fit,
+    ConversationInterval, CorrelationPair, ScalingFit, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
 };
 use crate::models::ModelKind;
 use serde::{Deserialize, Serialize};
@@ -39,6 +44,14 @@ pub struct CellSummary {
     pub samples: usize,
     pub train_tokens: usize,
     pub val_ppl: Option<MeanSd>,
+    /// The seed-mean Val PPL's 95% interval over validation samples
+    /// (whole conversations resampled, the same draw for every seed): the
+    /// validation set's own sampling error.
+    #[serde(default)]
+    pub val_ppl_interval: Option<ConversationInterval>,
+    /// The validation set's identity (`CellResult::val_set`).
+    #[serde(default)]
+    pub val_set: String,
     pub val_acc: Option<MeanSd>,
     /// New-LLM only.
     pub train_er: Option<MeanSd>,
@@ -57,6 +70,10 @@ pub struct ModelResults {
     pub cells: Vec<CellSummary>,
     /// ln PPL = ln A + alpha ln tokens over every run (all replicates).
     pub scaling: Option<ScalingFit>,
+    /// Sliding-window alphas, the power law against the saturation law,
+    /// the leave-last-out check and the extrapolations.
+    #[serde(default)]
+    pub analysis: ScalingAnalysis,
     /// Two-sided p-value of alpha equal to New-LLM's (None for New-LLM).
     pub alpha_vs_newllm_p: Option<f64>,
     /// Trainable parameters and those outside the embeddings and head, and
@@ -65,6 +82,34 @@ pub struct ModelResults {
     pub non_embedding_params: u64,
     pub train_flops_per_token: f64,
 }
+
+/// A law's predictions beyond the largest cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LawExtrapolation {
+    pub law: Law,
+    pub points: Vec<Extrapolation>,
+}
+
+/// How a model's PPL scales beyond one power-law line over all the cells.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScalingAnalysis {
+    /// Consecutive sample counts per window (config `scaling_window`).
+    pub window: usize,
+    /// Alpha over each window (empty with fewer than window + 1 counts).
+    pub windows: Vec<WindowAlpha>,
+    /// The quadratic term of ln PPL in ln tokens: does alpha change with data?
+    pub trend: Option<AlphaTrend>,
+    /// Power law against saturation law, by AICc.
+    pub laws: Option<LawComparison>,
+    /// Each law fitted without the largest cell, predicting it.
+    pub holdouts: Vec<Holdout>,
+    /// At 2x and 10x the largest cell: under the better law, or under both
+    /// when the data cannot tell them apart.
+    pub extrapolations: Vec<LawExtrapolation>,
+}
+
+/// Where the extrapolations go: 2x and 10x the largest cell's tokens.
+pub const EXTRAPOLATION_FACTORS: [f64; 2] = [2.0, 10.0];
 
 /// A whole sweep: the config, every run, and the analysis of ALGORITHM.md
 /// section 7 for New-LLM and each baseline. Built by `analyse`; written as
@@ -89,6 +134,10 @@ pub struct SweepResults {
     /// Over New-LLM's per-cell means.
     #[serde(default)]
     pub correlations: Correlations,
+    /// Runs left out of every figure because they were validated on another
+    /// set than the sweep's (named with the set they used).
+    #[serde(default)]
+    pub left_out: Vec<String>,
 }
 
 impl SweepResults {
@@ -123,14 +172,14 @@ pub struct Correlations {
 /// each baseline's alpha against New-LLM's, and correlates New-LLM's
 /// per-cell mean ER with its mean PPL and accuracy.
 pub fn analyse(config: &Config, runs: &[CellResult]) -> SweepResults {
-    let mut runs = runs.to_vec();
+    let (mut runs, left_out) = one_validation_set(config, runs);
     let order = |m: &str| ModelKind::from_name(m).map_or(usize::MAX, |k| k as usize);
     runs.sort_by_key(|c| (order(&c.model), c.samples, c.train_tokens, c.replicate));
     let mut models: Vec<ModelResults> = Vec::new();
     for kind in [ModelKind::NewLlm, ModelKind::Kn, ModelKind::Transformer] {
         let mine: Vec<&CellResult> = runs.iter().filter(|c| c.model == kind.name()).collect();
         if !mine.is_empty() {
-            models.push(model_results(kind, &mine));
+            models.push(model_results(kind, &mine, config.scaling_window));
         }
     }
     if let Some(base) = models.first().and_then(|m| m.scaling.clone()) {
@@ -165,13 +214,45 @@ pub fn analyse(config: &Config, runs: &[CellResult]) -> SweepResults {
         models,
         scaling,
         correlations,
+        left_out,
     }
+}
+
+/// The runs validated on the sweep's validation set, and the others named.
+/// Heldout: one set for every cell, the one New-LLM's largest cell used
+/// (the latest data); tail: per cell, the one its New-LLM runs used. Runs
+/// from before sets were recorded (no `val_set`) count as one set.
+fn one_validation_set(config: &Config, runs: &[CellResult]) -> (Vec<CellResult>, Vec<String>) {
+    let reference = |samples: Option<usize>| {
+        runs.iter()
+            .filter(|c| c.model == ModelKind::NewLlm.name())
+            .filter(|c| samples.is_none_or(|s| c.samples == s))
+            .max_by_key(|c| (c.samples, std::cmp::Reverse(c.replicate)))
+            .map(|c| c.val_set.clone())
+    };
+    let heldout = reference(None);
+    let (mut kept, mut left_out) = (Vec::new(), Vec::new());
+    for c in runs {
+        let want = match config.val_mode {
+            ValMode::Heldout => heldout.clone(),
+            ValMode::Tail => reference(Some(c.samples)),
+        };
+        if want.as_ref().is_none_or(|w| *w == c.val_set) {
+            kept.push(c.clone());
+        } else {
+            left_out.push(format!(
+                "{} {} samples replicate {} (validated on {})",
+                c.model, c.samples, c.replicate, c.val_set
+            ));
+        }
+    }
+    (kept, left_out)
 }
 
 /// One model's per-cell summaries and its fit over every run. A diverged
 /// run (infinite or NaN PPL) is left out rather than voiding the analysis;
 /// the report states how many points each figure used.
-fn model_results(kind: ModelKind, runs: &[&CellResult]) -> ModelResults {
+fn model_results(kind: ModelKind, runs: &[&CellResult], window: usize) -> ModelResults {
     let mut samples: Vec<usize> = runs.iter().map(|c| c.samples).collect();
     samples.dedup();
     let cells = samples
@@ -182,10 +263,20 @@ fn model_results(kind: ModelKind, runs: &[&CellResult]) -> ModelResults {
                 MeanSd::of(&here.iter().map(|c| f(c)).collect::<Vec<f64>>())
             };
             let newllm = kind == ModelKind::NewLlm;
+            let per_sample: Vec<(&[f64], &[usize])> = here
+                .iter()
+                .map(|c| (&c.val_sample_losses[..], &c.val_sample_positions[..]))
+                .collect();
             CellSummary {
                 samples: s,
                 train_tokens: here[0].train_tokens,
                 val_ppl: col(&|c| c.val_ppl),
+                val_ppl_interval: bootstrap_ppl_over_conversations(
+                    &per_sample,
+                    BOOTSTRAP_RESAMPLES,
+                    BOOTSTRAP_SEED,
+                ),
+                val_set: here[0].val_set.clone(),
                 val_acc: col(&|c| c.val_acc),
                 train_er: if newllm {
                     col(&|c| c.nl().train_er)
@@ -216,10 +307,48 @@ fn model_results(kind: ModelKind, runs: &[&CellResult]) -> ModelResults {
         replicates: runs.iter().map(|c| c.replicate + 1).max().unwrap_or(0),
         cells,
         scaling: scaling_fit(&tokens, &ppl),
+        analysis: scaling_analysis(&tokens, &ppl, window),
         alpha_vs_newllm_p: None,
         trainable_params: largest.map_or(0, |c| c.trainable_params),
         non_embedding_params: largest.map_or(0, |c| c.non_embedding_params),
         train_flops_per_token: largest.map_or(0.0, |c| c.train_flops_per_token),
+    }
+}
+
+/// Windows, laws, leave-last-out and extrapolations over a model's runs.
+fn scaling_analysis(tokens: &[f64], ppl: &[f64], window: usize) -> ScalingAnalysis {
+    let laws = compare_laws(tokens, ppl);
+    let holdouts = [Law::Power, Law::Saturation]
+        .into_iter()
+        .filter_map(|law| leave_last_out(tokens, ppl, law))
+        .collect();
+    let extrapolated: Vec<Law> = match laws.as_ref().map(|l| l.better) {
+        Some(Some(law)) => vec![law],
+        Some(None) => vec![Law::Power, Law::Saturation],
+        None => Vec::new(),
+    };
+    let extrapolations = extrapolated
+        .into_iter()
+        .map(|law| LawExtrapolation {
+            law,
+            points: extrapolate(
+                tokens,
+                ppl,
+                law,
+                &EXTRAPOLATION_FACTORS,
+                BOOTSTRAP_RESAMPLES,
+                BOOTSTRAP_SEED,
+            ),
+        })
+        .filter(|e| !e.points.is_empty())
+        .collect();
+    ScalingAnalysis {
+        window,
+        windows: window_alphas(tokens, ppl, window),
+        trend: alpha_trend(tokens, ppl),
+        laws,
+        holdouts,
+        extrapolations,
     }
 }
 

@@ -66,7 +66,7 @@ pub const BOOTSTRAP_SEED: u64 = 42;
 
 /// Plain least squares y = b0 + b1 x; returns (slope, intercept, sse, ss_tot), or
 /// None when x has no spread.
-fn least_squares(x: &[f64], y: &[f64]) -> Option<(f64, f64, f64, f64)> {
+pub(crate) fn least_squares(x: &[f64], y: &[f64]) -> Option<(f64, f64, f64, f64)> {
     let n = x.len() as f64;
     let mx = x.iter().sum::<f64>() / n;
     let my = y.iter().sum::<f64>() / n;
@@ -135,8 +135,9 @@ pub fn scaling_fit(tokens: &[f64], ppl: &[f64]) -> Option<ScalingFit> {
     })
 }
 
-/// SplitMix64: a tiny seeded generator, enough for bootstrap index draws.
-struct SplitMix64(u64);
+/// SplitMix64: a tiny seeded generator, enough for bootstrap index draws
+/// (the seed is the field, so `SplitMix64(seed)` starts a stream).
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
@@ -147,7 +148,7 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         // Modulo bias is ~n / 2^64: irrelevant for a handful of cells.
         (self.next_u64() % n as u64) as usize
     }
@@ -179,11 +180,96 @@ fn bootstrap_alpha_ci95(x: &[f64], y: &[f64], resamples: usize, seed: u64) -> Op
 }
 
 /// Linear-interpolated percentile of sorted data (q in [0, 1]).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+// ---------------------------------------------------------------------------
+// Uncertainty from the validation set
+
+/// How much a cell's Val PPL owes to which validation conversations were
+/// drawn: a percentile bootstrap over conversations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConversationInterval {
+    /// Mean over the runs of each run's Val PPL on every conversation (the
+    /// cell's Val PPL).
+    pub ppl_mean: f64,
+    /// Percentile 95% interval of that mean over the resamples.
+    pub ci95: [f64; 2],
+    pub conversations: usize,
+    /// Resamples that were used (a draw of conversations with no predicted
+    /// position has no PPL and is skipped).
+    pub resamples: usize,
+}
+
+/// Percentile bootstrap of a cell's Val PPL over its validation
+/// conversations. Each run is (per-conversation sum of token NLL,
+/// per-conversation predicted positions), the same conversations in the
+/// same order for every run, and its PPL is exp(sum nll / sum positions).
+/// Every resample draws one set of conversation indices and applies it to
+/// every run (the runs were scored on the same conversations, so the draw
+/// is paired), then takes the mean of the runs' PPLs. None when the runs
+/// disagree in length, there are fewer than 2 conversations, an NLL is not
+/// finite, a run predicts no position, or fewer than half of the
+/// resamples are usable.
+pub fn bootstrap_ppl_over_conversations(
+    runs: &[(&[f64], &[usize])],
+    resamples: usize,
+    seed: u64,
+) -> Option<ConversationInterval> {
+    let conversations = runs.first()?.0.len();
+    if conversations < 2 {
+        return None;
+    }
+    for (nll, positions) in runs {
+        if nll.len() != conversations || positions.len() != conversations {
+            return None;
+        }
+        if !nll.iter().all(|v| v.is_finite()) || positions.iter().sum::<usize>() == 0 {
+            return None;
+        }
+    }
+    let run_ppl = |nll: &[f64], positions: &[usize]| {
+        (nll.iter().sum::<f64>() / positions.iter().sum::<usize>() as f64).exp()
+    };
+    let ppl_mean = runs.iter().map(|(n, p)| run_ppl(n, p)).sum::<f64>() / runs.len() as f64;
+
+    // Both buffers are allocated once: the draw is rewritten each resample.
+    let mut rng = SplitMix64(seed);
+    let mut draw = vec![0usize; conversations];
+    let mut means = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        for slot in draw.iter_mut() {
+            *slot = rng.below(conversations);
+        }
+        let mut sum_ppl = 0.0;
+        let mut usable = true;
+        for (nll, positions) in runs {
+            let drawn_nll: f64 = draw.iter().map(|&c| nll[c]).sum();
+            let drawn_positions: usize = draw.iter().map(|&c| positions[c]).sum();
+            if drawn_positions == 0 {
+                usable = false;
+                break;
+            }
+            sum_ppl += (drawn_nll / drawn_positions as f64).exp();
+        }
+        if usable {
+            means.push(sum_ppl / runs.len() as f64);
+        }
+    }
+    if means.is_empty() || means.len() * 2 < resamples {
+        return None;
+    }
+    means.sort_by(f64::total_cmp);
+    Some(ConversationInterval {
+        ppl_mean,
+        ci95: [percentile(&means, 0.025), percentile(&means, 0.975)],
+        conversations,
+        resamples: means.len(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -626,6 +712,165 @@ mod tests {
             p.p_value
         );
         assert_eq!(paired_difference(&[1.0], &[2.0]), None);
+    }
+
+    #[test]
+    fn difference_intervals_use_student_t() {
+        // With 2 or 3 dof t(0.975) is far from z = 1.96, so these bounds
+        // fail if the interval ever uses the normal quantile. References
+        // from scipy.stats.t.ppf (scripts/laws_reference.py).
+        // Paired, differences 1, 2, 3: 2 -+ t(0.975, 2) / sqrt(3), t = 4.302652729749462.
+        let p = paired_difference(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!(
+            close(p.ci95[0], -0.484_137_711_750_330_27, 1e-9),
+            "{:?}",
+            p.ci95
+        );
+        assert!(close(p.ci95[1], 4.484_137_711_750_33, 1e-9), "{:?}", p.ci95);
+        assert_eq!(p.dof, 2.0);
+        // Welch, 3.2347 dof: t(0.975) = 3.055712710425896, se sqrt(1.75).
+        let w = mean_difference(&[1.0, 2.0, 3.0, 4.0], &[3.0, 5.0, 7.0]).unwrap();
+        assert!(
+            close(w.ci95[0], -6.542_327_954_923_024, 1e-8),
+            "{:?}",
+            w.ci95
+        );
+        assert!(
+            close(w.ci95[1], 1.542_327_954_923_024_4, 1e-8),
+            "{:?}",
+            w.ci95
+        );
+        // One exact side, 1 dof: 2 -+ t(0.975, 1) = 12.706204736174694.
+        let e = mean_difference(&[10.0, 12.0], &[9.0]).unwrap();
+        assert!(
+            close(e.ci95[0], -10.706_204_736_174_694, 1e-8),
+            "{:?}",
+            e.ci95
+        );
+        assert!(
+            close(e.ci95[1], 14.706_204_736_174_694, 1e-8),
+            "{:?}",
+            e.ci95
+        );
+    }
+
+    /// Three runs of one cell scored on the same six conversations.
+    fn cell_runs() -> (Vec<Vec<f64>>, Vec<usize>) {
+        let positions = vec![120, 80, 200, 50, 150, 100];
+        let per_token = [
+            [6.1, 6.4, 5.9, 6.8, 6.0, 6.3],
+            [6.0, 6.5, 5.8, 6.9, 6.1, 6.2],
+            [6.2, 6.3, 6.0, 6.7, 5.9, 6.4],
+        ];
+        let nll = per_token
+            .iter()
+            .map(|run| {
+                run.iter()
+                    .zip(&positions)
+                    .map(|(l, &p)| l * p as f64)
+                    .collect()
+            })
+            .collect();
+        (nll, positions)
+    }
+
+    #[test]
+    fn conversation_bootstrap_is_paired_seeded_and_brackets_the_mean() {
+        let (nll, positions) = cell_runs();
+        let runs: Vec<(&[f64], &[usize])> = nll
+            .iter()
+            .map(|n| (n.as_slice(), positions.as_slice()))
+            .collect();
+        let ci = bootstrap_ppl_over_conversations(&runs, 2000, 7).unwrap();
+        // Each run's PPL is exp(total NLL / total positions), then the mean.
+        let expected: f64 = nll
+            .iter()
+            .map(|n| (n.iter().sum::<f64>() / 700.0).exp())
+            .sum::<f64>()
+            / 3.0;
+        assert!(
+            close(ci.ppl_mean, expected, 1e-9),
+            "{} {expected}",
+            ci.ppl_mean
+        );
+        assert_eq!((ci.conversations, ci.resamples), (6, 2000));
+        let [lo, hi] = ci.ci95;
+        assert!(
+            lo < ci.ppl_mean && ci.ppl_mean < hi,
+            "{lo} {} {hi}",
+            ci.ppl_mean
+        );
+        assert_eq!(
+            bootstrap_ppl_over_conversations(&runs, 2000, 7),
+            Some(ci.clone())
+        );
+        assert_ne!(
+            bootstrap_ppl_over_conversations(&runs, 2000, 8),
+            Some(ci.clone())
+        );
+        // Every conversation alike: every resample gives the same PPL.
+        let flat = [6.0 * 100.0; 4];
+        let same = bootstrap_ppl_over_conversations(&[(&flat, &[100; 4])], 500, 1).unwrap();
+        assert!(close(same.ci95[0], 6f64.exp(), 1e-9) && close(same.ci95[1], 6f64.exp(), 1e-9));
+        // Paired draws: a run that is another plus a constant per token
+        // keeps that exact ratio in every resample, so the interval of the
+        // pair's mean is the single run's scaled by (1 + e^0.5) / 2.
+        let shifted: Vec<f64> = nll[0]
+            .iter()
+            .zip(&positions)
+            .map(|(n, &p)| n + 0.5 * p as f64)
+            .collect();
+        let one = bootstrap_ppl_over_conversations(&[(&nll[0], &positions)], 1000, 3).unwrap();
+        let pair = bootstrap_ppl_over_conversations(
+            &[(&nll[0], &positions), (&shifted, &positions)],
+            1000,
+            3,
+        )
+        .unwrap();
+        let scale = (1.0 + 0.5f64.exp()) / 2.0;
+        for k in 0..2 {
+            assert!(
+                close(pair.ci95[k], one.ci95[k] * scale, 1e-9),
+                "{pair:?} {one:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn conversation_bootstrap_refuses_what_it_cannot_use() {
+        let (nll, positions) = cell_runs();
+        let good: (&[f64], &[usize]) = (&nll[0], &positions);
+        assert_eq!(bootstrap_ppl_over_conversations(&[], 100, 1), None);
+        // Runs of different lengths, nll and positions of different lengths.
+        let short: (&[f64], &[usize]) = (&nll[1][..5], &positions[..5]);
+        assert_eq!(
+            bootstrap_ppl_over_conversations(&[good, short], 100, 1),
+            None
+        );
+        assert_eq!(
+            bootstrap_ppl_over_conversations(&[(&nll[0], &positions[..5])], 100, 1),
+            None
+        );
+        // One conversation, no positions at all, a NaN, no resamples.
+        assert_eq!(
+            bootstrap_ppl_over_conversations(&[(&[3.0], &[2])], 100, 1),
+            None
+        );
+        assert_eq!(
+            bootstrap_ppl_over_conversations(&[(&[0.0, 0.0], &[0, 0])], 100, 1),
+            None
+        );
+        assert_eq!(
+            bootstrap_ppl_over_conversations(&[(&[f64::NAN, 1.0], &[1, 1])], 100, 1),
+            None
+        );
+        assert_eq!(bootstrap_ppl_over_conversations(&[good], 0, 1), None);
+        // A draw of [empty, empty, empty, scored] misses the scored one with
+        // probability (3/4)^4 = 0.32: those resamples are skipped and counted out.
+        let sparse: (&[f64], &[usize]) = (&[0.0, 0.0, 0.0, 5.0], &[0, 0, 0, 1]);
+        let ci = bootstrap_ppl_over_conversations(&[sparse], 400, 1).unwrap();
+        assert!(ci.resamples > 200 && ci.resamples < 400, "{}", ci.resamples);
+        assert_eq!(ci.ci95, [5f64.exp(), 5f64.exp()]);
     }
 
     #[test]

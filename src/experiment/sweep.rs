@@ -5,7 +5,7 @@
 //! `report` merges whatever is there. A directory belongs to one config.
 
 use super::cell::{load_cell_split, run_model_cell, summary_line};
-use super::report::{write_compare_report, write_report};
+use super::report::write_report;
 use super::results::{analyse, SweepResults};
 use crate::cell_result::CellResult;
 use crate::claim::Claim;
@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::io::write_atomic;
 use crate::models::{self, replicate_config, CellPaths, ModelKind};
 use anyhow::{bail, Context, Result};
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 /// Claims `dir` for `cfg`, or refuses if it holds another experiment's
@@ -119,6 +120,54 @@ fn cell_jobs(cfg: &Config) -> Vec<(ModelKind, usize)> {
         .collect()
 }
 
+/// Where a sweep's runs live. A plain sweep keeps every model's runs in its
+/// directory. A config of a grid (grid.rs) keeps New-LLM's in its own
+/// directory and each baseline's in the grid's `baselines/<model>-<hash>/`,
+/// one folder per distinct baseline configuration (`ModelKind::identity`),
+/// computed by the first config of the grid that needs it and read by the
+/// others, so a baseline trains once however many configs share it.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+    /// A grid's config: the grid's directory and the baselines this config computes.
+    pub shared: Option<(PathBuf, Vec<ModelKind>)>,
+}
+
+impl Layout {
+    pub fn single(dir: &Path) -> Layout {
+        Layout {
+            dir: dir.to_path_buf(),
+            shared: None,
+        }
+    }
+
+    /// The directory of `model`'s runs under `cfg`.
+    pub fn model_dir(&self, model: ModelKind, cfg: &Config) -> PathBuf {
+        match &self.shared {
+            Some((grid, _)) if model != ModelKind::NewLlm => {
+                grid.join("baselines").join(baseline_folder(model, cfg))
+            }
+            _ => self.dir.clone(),
+        }
+    }
+
+    /// Whether this sweep computes `model`'s runs (or only reads them).
+    fn computes(&self, model: ModelKind) -> bool {
+        match &self.shared {
+            Some((_, owned)) => model == ModelKind::NewLlm || owned.contains(&model),
+            None => true,
+        }
+    }
+}
+
+/// `<model>-<hash of its identity>`: one folder per distinct baseline configuration.
+pub fn baseline_folder(model: ModelKind, cfg: &Config) -> String {
+    let id = model.identity(cfg).to_string();
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hex}", model.name())
+}
+
 /// Runs the sweep's cells (all, or only `only_cell`): every model and
 /// replicate of each, skipping finished ones; when every cell is present,
 /// writes results.json and the report.
@@ -128,12 +177,23 @@ pub fn run_sweep(
     cache_dir: &Path,
     only_cell: Option<usize>,
 ) -> Result<Option<SweepResults>> {
+    run_sweep_in(cfg, &Layout::single(dir), cache_dir, only_cell)
+}
+
+/// `run_sweep` with the runs where `layout` puts them.
+pub fn run_sweep_in(
+    cfg: &Config,
+    layout: &Layout,
+    cache_dir: &Path,
+    only_cell: Option<usize>,
+) -> Result<Option<SweepResults>> {
     crate::ops::set_threads(cfg.threads);
     // Fail before anything is written when the device cannot run here, or
     // the corpus cannot hold the largest cell beside a held-out validation set.
     models::check_device(cfg)?;
     let largest = cfg.sample_counts.iter().copied().max().unwrap_or(0);
     crate::data::check_fits(cfg, largest, cache_dir)?;
+    let dir = &layout.dir;
     let merged = claim_dir(dir, cfg)?;
     let indices: Vec<usize> = match only_cell {
         Some(i) if i >= cfg.sample_counts.len() => {
@@ -149,13 +209,38 @@ pub fn run_sweep(
     let jobs = cell_jobs(cfg);
     for i in indices {
         let samples = cfg.sample_counts[i];
+        let failed = |what: String| {
+            format!(
+                "cell {i} ({samples} samples, {what}) failed; finished cells are kept in {}",
+                dir.display()
+            )
+        };
+        // Loaded first: a finished run counts only if it was validated on
+        // this cell's validation set (a corpus edited in place changes it).
+        let (split, load_seconds) =
+            load_cell_split(cfg, samples, cache_dir).with_context(|| failed("data".into()))?;
+        let val_set = split.val_set_id();
+        let finished_here = |m: ModelKind, r: usize| {
+            let done = finished_cell(&layout.model_dir(m, cfg), cfg, m, samples, r)?;
+            if done.val_set.is_empty() || done.val_set == val_set {
+                return Some(done);
+            }
+            eprintln!(
+                "cell {i}: {} replicate {r} was validated on {}, not this cell's {val_set}; it runs again",
+                m.name(),
+                done.val_set
+            );
+            None
+        };
         let todo: Vec<(ModelKind, usize)> = jobs
             .iter()
             .copied()
-            .filter(|&(m, r)| match finished_cell(dir, cfg, m, samples, r) {
+            .filter(|&(m, _)| layout.computes(m))
+            .filter(|&(m, r)| match finished_here(m, r) {
                 Some(done) => {
                     eprintln!("cell {i} already has: {}", summary_line(&done));
-                    remove_leftover_state(&CellPaths::new(dir, m, samples, r));
+                    let mdir = layout.model_dir(m, cfg);
+                    remove_leftover_state(&CellPaths::new(&mdir, m, samples, r));
                     false
                 }
                 None => true,
@@ -165,23 +250,18 @@ pub fn run_sweep(
             continue;
         }
         eprintln!("== cell {i}: {samples} samples");
-        let failed = |what: String| {
-            format!(
-                "cell {i} ({samples} samples, {what}) failed; finished cells are kept in {}",
-                dir.display()
-            )
-        };
-        let (split, load_seconds) =
-            load_cell_split(cfg, samples, cache_dir).with_context(|| failed("data".into()))?;
         for (model, r) in todo {
-            let finished = || finished_cell(dir, cfg, model, samples, r);
-            let res = run_model_cell(model, cfg, r, &split, dir, load_seconds, Some(&finished))
+            let mdir = layout.model_dir(model, cfg);
+            std::fs::create_dir_all(&mdir)
+                .with_context(|| format!("cannot create {}", mdir.display()))?;
+            let finished = || finished_here(model, r);
+            let res = run_model_cell(model, cfg, r, &split, &mdir, load_seconds, Some(&finished))
                 .with_context(|| failed(format!("{} replicate {r}", model.name())))?;
             eprintln!("{}", summary_line(&res));
         }
     }
     // The report covers every cell and seed the directory has been asked for.
-    let (done, missing) = finished_runs(dir, &merged);
+    let (done, missing) = finished_runs(layout, &merged);
     if !missing.is_empty() {
         eprintln!(
             "still to run: {}; `newllm report {}` merges what is there",
@@ -193,13 +273,13 @@ pub fn run_sweep(
     write_results(dir, &merged, &done).map(Some)
 }
 
-/// Every finished run of `cfg` in `dir` (each result file read once), and
-/// the runs still missing, named.
-fn finished_runs(dir: &Path, cfg: &Config) -> (Vec<CellResult>, Vec<String>) {
+/// Every finished run of `cfg` where `layout` keeps it (each result file
+/// read once), and the runs still missing, named.
+fn finished_runs(layout: &Layout, cfg: &Config) -> (Vec<CellResult>, Vec<String>) {
     let (mut done, mut missing) = (Vec::new(), Vec::new());
     for &s in &cfg.sample_counts {
         for (m, r) in cell_jobs(cfg) {
-            match finished_cell(dir, cfg, m, s, r) {
+            match finished_cell(&layout.model_dir(m, cfg), cfg, m, s, r) {
                 Some(c) => done.push(c),
                 None => missing.push(format!("{} {s} samples replicate {r}", m.name())),
             }
@@ -208,8 +288,8 @@ fn finished_runs(dir: &Path, cfg: &Config) -> (Vec<CellResult>, Vec<String>) {
     (done, missing)
 }
 
-/// Merges the finished cells in `dir` into results.json and report.md.
-pub fn report_dir(dir: &Path) -> Result<SweepResults> {
+/// The config a sweep directory was claimed with (its config.json).
+pub fn dir_config(dir: &Path) -> Result<Config> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -217,20 +297,27 @@ pub fn report_dir(dir: &Path) -> Result<SweepResults> {
             dir.display()
         )
     })?;
-    let cfg: Config = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a newllm config", path.display()))?;
-    let (cells, missing) = finished_runs(dir, &cfg);
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a newllm config", path.display()))
+}
+
+/// Merges the finished runs of a sweep directory (`layout.dir`) into
+/// results.json and report.md; None when it has no finished New-LLM run.
+pub fn report_sweep(layout: &Layout) -> Result<Option<SweepResults>> {
+    let cfg = dir_config(&layout.dir)?;
+    let (cells, missing) = finished_runs(layout, &cfg);
     if !cells.iter().any(|c| c.model == ModelKind::NewLlm.name()) {
-        bail!("{} has no finished New-LLM cells yet", dir.display());
+        return Ok(None);
     }
     if !missing.is_empty() {
         eprintln!(
-            "report covers {} of {} runs",
+            "{}: report covers {} of {} runs",
+            layout.dir.display(),
             cells.len(),
             cells.len() + missing.len()
         );
     }
-    write_results(dir, &cfg, &cells)
+    write_results(&layout.dir, &cfg, &cells).map(Some)
 }
 
 /// Analyses the runs and writes results.json and report.md.
@@ -242,56 +329,6 @@ fn write_results(dir: &Path, cfg: &Config, runs: &[CellResult]) -> Result<SweepR
     )?;
     write_report(dir, &results)?;
     Ok(results)
-}
-
-/// One side of a comparison: a label and its config.
-pub fn vary_sides(base: &Config, vary: &str) -> Result<Vec<(String, Config)>> {
-    let (key, values) = vary
-        .split_once('=')
-        .with_context(|| format!("--vary {vary:?}: expected key=v1,v2"))?;
-    let values: Vec<&str> = values
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    if values.len() < 2 {
-        bail!("--vary {vary:?}: give at least two values, e.g. {key}=true,false");
-    }
-    values
-        .iter()
-        .map(|v| {
-            let mut cfg = base.clone();
-            cfg.apply_overrides(&[format!("{key}={v}")])?;
-            Ok((format!("{key}={v}"), cfg))
-        })
-        .collect()
-}
-
-/// Runs the same cells under each side's config (same data, same seeds,
-/// New-LLM only) in `dir/<label>/`, then writes one side-by-side report
-/// `dir/compare.md`, pairing the sides' runs by seed.
-pub fn run_compare(
-    sides: &[(String, Config)],
-    dir: &Path,
-    cache_dir: &Path,
-) -> Result<Vec<(String, SweepResults)>> {
-    let mut done = Vec::new();
-    for (label, cfg) in sides {
-        let sub: PathBuf = dir.join(label.replace(['/', ' '], "_"));
-        eprintln!("==== side {label}");
-        // A comparison contrasts New-LLM settings: the baselines would be
-        // the same on every side, so they are left to `sweep`.
-        let cfg = Config {
-            baselines: Vec::new(),
-            ..cfg.clone()
-        };
-        match run_sweep(&cfg, &sub, cache_dir, None)? {
-            Some(r) => done.push((label.clone(), r)),
-            None => bail!("side {label} did not finish all cells"),
-        }
-    }
-    write_compare_report(dir, &done)?;
-    Ok(done)
 }
 
 #[cfg(test)]
@@ -402,47 +439,6 @@ mod tests {
         assert_eq!(
             err,
             "--cell 2 is out of range: the sweep has 2 cells (0..1)"
-        );
-    }
-
-    #[test]
-    fn vary_sides_builds_one_config_per_value() {
-        let sides = vary_sides(&cfg(), "phase2_patience=1, 3,").unwrap();
-        let labels: Vec<&str> = sides.iter().map(|(l, _)| l.as_str()).collect();
-        assert_eq!(labels, vec!["phase2_patience=1", "phase2_patience=3"]);
-        assert_eq!(sides[0].1.phase2_patience, 1);
-        assert_eq!(
-            sides[1].1,
-            Config {
-                phase2_patience: 3,
-                ..cfg()
-            }
-        );
-        let sides = vary_sides(&cfg(), "token_input_all_layers=true,false").unwrap();
-        assert!(sides[0].1.token_input_all_layers && !sides[1].1.token_input_all_layers);
-    }
-
-    #[test]
-    fn vary_sides_errors_are_clear() {
-        let err = vary_sides(&cfg(), "phase2_patience=3")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "--vary \"phase2_patience=3\": give at least two values, e.g. phase2_patience=true,false"
-        );
-        let err = vary_sides(&cfg(), "phase2_patience")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "--vary \"phase2_patience\": expected key=v1,v2");
-        let err = vary_sides(&cfg(), "no_such=1,2").unwrap_err().to_string();
-        assert!(err.contains("unknown config field \"no_such\""), "{err}");
-        let err = vary_sides(&cfg(), "phase2_batch_size=8,0")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("phase2_batch_size must be at least 1"),
-            "{err}"
         );
     }
 }

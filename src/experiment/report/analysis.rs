@@ -1,20 +1,20 @@
 //! The analysis sections of the sweep report, after the seed document's:
-//! Effective Rank, token count, the conclusion (both gated by the seed
-//! spread when there are replicates), training diagnostics, the
-//! recommendations each backed by its evidence, and the factor table.
+//! Effective Rank, token count, the conclusion, training diagnostics, the
+//! recommendations each backed by its evidence, and the factor table. Every
+//! claim comes from `verdicts.rs`; these functions only render.
 
 use super::diagnostics::{Diagnostics, EARLY_STOP_EPOCH, FAST_FIT_RATIO, NEAR_BEST};
+use super::verdicts::{DipNoise, ErRelation, Scaling, Verdicts};
 use super::wording::{
-    alpha_sentence, corr_phrase, correlation_sentence, er_caveat, p_phrase, verdict,
+    alpha_sentence, corr_phrase, correlation_sentence, er_caveat, p_phrase, scaling_phrase,
+    TAIL_CAVEAT,
 };
 use crate::cell_result::CellResult;
 use crate::experiment::format::{
-    change_pct, compare_command, pct, short_number, sweep_command, thousands,
+    change_pct, compare_command, pct, set_command, short_number, sweep_command, thousands,
 };
 use crate::experiment::results::SweepResults;
-use crate::experiment::stats::{
-    correlation_significant, critical_r, mean_difference, one_way_anova, SIGNIFICANCE,
-};
+use crate::experiment::stats::critical_r;
 
 pub fn section_er(md: &mut String, r: &SweepResults) {
     *md += "### 1. Stability of Effective Rank (ER)\n\n";
@@ -64,22 +64,6 @@ pub fn section_er(md: &mut String, r: &SweepResults) {
     *md += "![effective rank](plots/effective_rank.png)\n\n";
 }
 
-/// One-way ANOVA of New-LLM's val ER grouped by cell (None without seeds).
-pub fn er_between_cells(r: &SweepResults) -> Option<(f64, f64)> {
-    let groups: Vec<Vec<f64>> = r
-        .cells
-        .iter()
-        .map(|c| {
-            r.runs
-                .iter()
-                .filter(|x| x.newllm.is_some() && x.samples == c.samples)
-                .map(|x| x.nl().val_er)
-                .collect()
-        })
-        .collect();
-    one_way_anova(&groups)
-}
-
 /// Mean over cells of New-LLM's between-seed sd of val ER (None without replicates).
 pub fn er_seed_spread(r: &SweepResults) -> Option<f64> {
     let sds: Vec<f64> = r
@@ -93,7 +77,7 @@ pub fn er_seed_spread(r: &SweepResults) -> Option<f64> {
     (!sds.is_empty()).then(|| sds.iter().sum::<f64>() / sds.len() as f64)
 }
 
-pub fn section_tokens(md: &mut String, r: &SweepResults) {
+pub fn section_tokens(md: &mut String, r: &SweepResults, v: &Verdicts) {
     *md += "### 2. Token count vs performance\n\n";
     *md += "| Tokens | Val PPL | Val Acc | PPL vs previous cell | Acc vs previous cell |\n|--------|---------|---------|----------------------|----------------------|\n";
     for (i, c) in r.cells.iter().enumerate() {
@@ -156,31 +140,28 @@ pub fn section_tokens(md: &mut String, r: &SweepResults) {
         "- {}\n\n",
         correlation_sentence(
             "ln(tokens) vs Val Acc",
-            &r.correlations.log_tokens_vs_val_acc
+            &r.correlations.log_tokens_vs_val_acc,
+            true
         )
     );
+    if v.tail {
+        *md += &format!("Caution, {TAIL_CAVEAT} (see \"Validation design\" above).\n\n");
+    }
 }
 
-pub fn section_conclusion(md: &mut String, r: &SweepResults) {
+pub fn section_conclusion(md: &mut String, r: &SweepResults, v: &Verdicts) {
     *md += "### 3. Conclusion\n\n";
     let n = r.cells.len();
-    let tokens_sig = r
-        .scaling
-        .as_ref()
-        .and_then(|f| f.p_value)
-        .is_some_and(|p| p < SIGNIFICANCE);
-    // With seeds, ER's differences between cells must exceed its spread
-    // between seeds before a correlation with it can count as evidence.
-    let er_anova = er_between_cells(r);
-    let er_beyond_noise = er_anova.is_none_or(|(_, p)| p < SIGNIFICANCE);
-    let er_sig = er_beyond_noise
-        && (correlation_significant(&r.correlations.val_er_vs_val_ppl)
-            || correlation_significant(&r.correlations.val_er_vs_val_acc));
+    let tail = if v.tail {
+        format!(" Caution: {TAIL_CAVEAT}.")
+    } else {
+        String::new()
+    };
     *md += "Token count:\n\n";
-    match &r.scaling {
-        Some(fit) => *md += &format!("- Scaling law: {}.\n", alpha_sentence(fit)),
-        None => *md += "- No scaling fit (too few usable cells).\n",
-    }
+    *md += &format!(
+        "- {}.{tail}\n",
+        scaling_phrase(v.tokens, r.scaling.as_ref())
+    );
     *md += "\nEffective Rank vs performance:\n\n";
     let caveat = er_caveat(&r.config);
     let per_cell = if r.runs.len() > r.cells.len() {
@@ -188,21 +169,31 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
     } else {
         ""
     };
+    let counted = !matches!(v.er, ErRelation::WithinSeedNoise { .. });
     *md += &format!(
         "- {}{per_cell}{caveat}\n",
-        correlation_sentence("Val ER vs Val PPL", &r.correlations.val_er_vs_val_ppl)
+        correlation_sentence(
+            "Val ER vs Val PPL",
+            &r.correlations.val_er_vs_val_ppl,
+            counted
+        )
     );
     *md += &format!(
         "- {}{per_cell}{caveat}\n",
-        correlation_sentence("Val ER vs Val Acc", &r.correlations.val_er_vs_val_acc)
+        correlation_sentence(
+            "Val ER vs Val Acc",
+            &r.correlations.val_er_vs_val_acc,
+            counted
+        )
     );
-    if let (Some(spread), Some((f, p))) = (er_seed_spread(r), er_anova) {
+    if let (Some(spread), Some((f, p))) = (er_seed_spread(r), v.er_anova) {
+        let beyond = counted;
         *md += &format!(
             "- Seed spread: val ER moves {:.1} points (sd) between seeds of one cell. Its differences between cells {} (one-way ANOVA over the runs, F = {f:.2}, {}){}.\n",
             spread * 100.0,
-            if er_beyond_noise { "exceed that noise" } else { "do not exceed that noise" },
+            if beyond { "exceed that noise" } else { "do not exceed that noise" },
             p_phrase(p),
-            if er_beyond_noise { "" } else { ", so no correlation with ER is counted as evidence here" }
+            if beyond { "" } else { ", so no correlation with ER is counted as evidence here" }
         );
     }
     if let Some(rc) = critical_r(n) {
@@ -210,32 +201,29 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults) {
             "- Caution: with only n = {n} cells a correlation needs |r| >= {rc:.2} to reach p < 0.05, so \"not significant\" is weak evidence of no relation; the Spearman p-value uses the t approximation, which is rough for so few cells.\n"
         );
     }
-    let er_spread = r
-        .cells
-        .iter()
-        .map(|c| c.nl().val_er)
-        .fold(f64::MIN, f64::max)
-        - r.cells
-            .iter()
-            .map(|c| c.nl().val_er)
-            .fold(f64::MAX, f64::min);
+    let related = v.er == ErRelation::Related;
     *md += "\nVerdict: ";
-    *md += match (tokens_sig, er_sig) {
-        (true, false) => "token count is the dominant factor in this sweep: its relation with PPL is significant, and no significant relation between ER and performance was found.",
-        (true, true) => "both token count and ER relate significantly to performance here; ER also grows with the cells, so the two are not separated by this sweep.",
-        (false, true) => "ER relates significantly to performance while the token fit does not reach significance.",
-        (false, false) => "neither token count nor ER reaches significance with these cells; more cells are needed before ranking the factors.",
+    *md += match (v.tokens, related) {
+        (Scaling::Falls, false) => "token count is the dominant factor in this sweep: PPL falls significantly with it, and no significant relation between ER and performance was found.",
+        (Scaling::Falls, true) => "both token count and ER relate significantly to performance here; ER also grows with the cells, so the two are not separated by this sweep.",
+        (Scaling::Rises, _) if v.tail => "PPL rises significantly with more training data, the opposite of data scaling; with tail validation the likeliest cause is the validation text itself changing with N (the n-gram's PPL per cell above measures that), so no conclusion about data scaling can be drawn from this sweep.",
+        (Scaling::Rises, _) => "PPL rises significantly with more training data on one fixed validation set, the opposite of data scaling: look for a training problem in the larger cells (early stopping, learning rate, Phase 1 convergence) before drawing conclusions.",
+        (_, true) => "ER relates significantly to performance while the token fit does not reach significance.",
+        (_, false) => "neither token count nor ER reaches significance with these cells; more cells are needed before ranking the factors.",
     };
-    if n > 0 && er_spread < 0.02 {
+    if v.tail && v.tokens != Scaling::Rises {
+        *md += &format!(" Caution: {TAIL_CAVEAT}.");
+    }
+    if n > 0 && v.er_range < 0.02 {
         *md += &format!(
             " Note that val ER varied by only {:.1} points across cells, so this sweep barely tests ER's effect.",
-            er_spread * 100.0
+            v.er_range * 100.0
         );
     }
     *md += "\n\n";
 }
 
-pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
+pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics, v: &Verdicts) {
     *md += "### 4. Accuracy, early stopping and over-fitting\n\n";
     *md += "| Samples | Best epoch | Stop epoch | Early stop | Val PPL at stop vs best | Val loss rise after best | Train PPL ep1/ep2 | Val PPL ep1/ep2 |\n";
     *md += "|---------|------------|------------|------------|-------------------------|--------------------------|-------------------|-----------------|\n";
@@ -255,7 +243,7 @@ pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
         );
     }
     *md += "\n";
-    for dip in &d.dips {
+    for (dip, noise) in d.dips.iter().zip(&v.dips) {
         *md += &format!(
             "#### Why accuracy dropped at {} samples\n\n",
             dip.to_samples
@@ -269,29 +257,25 @@ pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
             dip.ppl_from,
             dip.ppl_to
         );
-        let acc_runs = |samples: usize| -> Vec<f64> {
+        let runs = |samples: usize| {
             r.runs
                 .iter()
                 .filter(|c| c.model == "newllm" && c.samples == samples)
-                .map(|c| c.val_acc)
-                .collect()
+                .count()
         };
-        let (from, to) = (acc_runs(dip.from_samples), acc_runs(dip.to_samples));
-        if from.len() >= 2 || to.len() >= 2 {
-            *md += &match mean_difference(&to, &from) {
-                Some(t) if t.p_value < SIGNIFICANCE => format!(
-                    "Over the seeds ({} and {} runs) the drop is {:+.1} points (95% CI {:+.1} to {:+.1}, {}): larger than seed noise.\n\n",
-                    to.len(), from.len(), t.diff * 100.0, t.ci95[0] * 100.0, t.ci95[1] * 100.0, p_phrase(t.p_value)
-                ),
-                Some(t) => format!(
-                    "Over the seeds ({} and {} runs) the drop is {:+.1} points (95% CI {:+.1} to {:+.1}, {}): **not distinguishable from seed noise**, so the explanations below are candidates, not findings.\n\n",
-                    to.len(), from.len(), t.diff * 100.0, t.ci95[0] * 100.0, t.ci95[1] * 100.0, p_phrase(t.p_value)
-                ),
-                None => "The seeds show no spread to test the drop against.\n\n".to_string(),
-            };
-        } else {
-            *md += "One seed per cell: whether this drop exceeds seed noise cannot be tested (set `replicates` >= 2).\n\n";
-        }
+        let (from, to) = (runs(dip.from_samples), runs(dip.to_samples));
+        *md += &match noise {
+            DipNoise::BeyondNoise(t) => format!(
+                "Over the seeds ({to} and {from} runs) the drop is {:+.1} points (95% CI {:+.1} to {:+.1}, {}): larger than seed noise.\n\n",
+                t.diff * 100.0, t.ci95[0] * 100.0, t.ci95[1] * 100.0, p_phrase(t.p_value)
+            ),
+            DipNoise::WithinNoise(t) => format!(
+                "Over the seeds ({to} and {from} runs) the drop is {:+.1} points (95% CI {:+.1} to {:+.1}, {}): **not distinguishable from seed noise**, so the explanations below are candidates, not findings.\n\n",
+                t.diff * 100.0, t.ci95[0] * 100.0, t.ci95[1] * 100.0, p_phrase(t.p_value)
+            ),
+            DipNoise::NoSpread => "The seeds show no spread to test the drop against.\n\n".to_string(),
+            DipNoise::OneSeed => "One seed per cell: whether this drop exceeds seed noise cannot be tested (set `replicates` >= 2).\n\n".to_string(),
+        };
         let prev = d.cells.iter().find(|c| c.samples == dip.from_samples);
         let Some(cur) = d.cells.iter().find(|c| c.samples == dip.to_samples) else {
             continue;
@@ -380,30 +364,43 @@ pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics) {
     *md += "\n";
 }
 
-pub fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics) {
+pub fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostics, v: &Verdicts) {
     *md += "## Recommendations\n\n";
     let c = &r.config;
     let mut recs: Vec<String> = Vec::new();
 
+    if v.tail {
+        recs.push(format!(
+            "Validate every cell on one held-out set: with tail validation a larger cell is scored on other, later text, so alpha mixes more data with different validation text. `val_mode = \"heldout\"` scores every cell, seed and model on the corpus's last `val_samples` conversations, never trained on:\n\n   `{}`",
+            set_command(c, &[("val_mode", "heldout")])
+        ));
+    }
     if let Some(fit) = &r.scaling {
-        let sig = fit.p_value.is_some_and(|p| p < SIGNIFICANCE);
         let mut counts: Vec<usize> = r.cells.iter().map(|c| c.samples).collect();
         if let Some(&max) = counts.last() {
             counts.extend([max * 2, max * 4]);
         }
-        if sig && fit.alpha < 0.0 {
-            recs.push(format!(
-                "More tokens: PPL falls significantly with tokens, {}. Growing the training data is the most reliable lever; larger cells also tighten the CI{}.\n\n   `{}`",
+        match v.tokens {
+            Scaling::Falls => recs.push(format!(
+                "More tokens: PPL falls significantly with tokens, {}. Growing the training data is the most reliable lever; larger cells also tighten the CI{}. Run into the same `--out` directory, only the new cells run:\n\n   `{}`",
                 alpha_sentence(fit),
                 if fit.n < 5 { " and enable the bootstrap interval (n >= 5)" } else { "" },
                 sweep_command(c, &counts)
-            ));
-        } else if fit.p_value.is_none() || !sig {
-            recs.push(format!(
-                "More cells: the scaling fit is not conclusive, {}. Add larger cells before drawing a conclusion.\n\n   `{}`",
+            )),
+            Scaling::NotSignificant | Scaling::Untestable => recs.push(format!(
+                "More cells: the scaling fit is not conclusive, {}. Add larger cells before drawing a conclusion (into the same `--out` directory, only the new cells run):\n\n   `{}`",
                 alpha_sentence(fit),
                 sweep_command(c, &counts)
-            ));
+            )),
+            Scaling::Rises => recs.push(format!(
+                "Find out why PPL rises with data ({}) before scaling further: {}",
+                alpha_sentence(fit),
+                if v.tail {
+                    "first validate on one held-out set (above)."
+                } else {
+                    "compare the larger cells' curves below (early stopping, over-fitting, Phase 1 convergence)."
+                }
+            )),
         }
     }
 
@@ -445,18 +442,17 @@ pub fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostic
         ));
     }
 
-    let er_related = correlation_significant(&r.correlations.val_er_vs_val_ppl)
-        || correlation_significant(&r.correlations.val_er_vs_val_acc);
-    let er_tested = r
-        .correlations
-        .val_er_vs_val_ppl
-        .pearson
-        .as_ref()
-        .is_some_and(|p| p.p_value.is_some());
-    if er_tested && !er_related {
+    let why = match v.er {
+        ErRelation::NotRelated => Some("ER shows no significant relation with performance"),
+        ErRelation::WithinSeedNoise { .. } => {
+            Some("ER moves between cells no more than between seeds, so this sweep cannot test its effect")
+        }
+        ErRelation::Related | ErRelation::Untestable => None,
+    };
+    if let Some(why) = why {
         let other = !c.token_input_all_layers;
         recs.push(format!(
-            "Compare the other ContextBlock structure: ER shows no significant relation with performance, so run `token_input_all_layers = {other}` under identical conditions to see whether a different ER level changes Phase 2.\n\n   `{}`",
+            "Compare the other ContextBlock structure: {why}, so run `token_input_all_layers = {other}` under identical conditions to see whether a different ER level changes Phase 2.\n\n   `{}`",
             compare_command(c, "token_input_all_layers", &[c.token_input_all_layers.to_string(), other.to_string()])
         ));
     }
@@ -469,7 +465,7 @@ pub fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostic
     }
 }
 
-pub fn section_factor_table(md: &mut String, r: &SweepResults) {
+pub fn section_factor_table(md: &mut String, r: &SweepResults, v: &Verdicts) {
     *md += "## Summary\n\n| Factor | Evidence | Verdict |\n|--------|----------|---------|\n";
     let tokens_ev = match &r.scaling {
         Some(f) => {
@@ -482,7 +478,17 @@ pub fn section_factor_table(md: &mut String, r: &SweepResults) {
         }
         None => "no fit".to_string(),
     };
-    let tokens_v = verdict(r.scaling.as_ref().and_then(|f| f.p_value));
+    let tokens_v = match v.tokens {
+        Scaling::Falls => "PPL falls significantly with tokens (5%)",
+        Scaling::Rises => "PPL rises significantly with tokens (5%)",
+        Scaling::NotSignificant => "not significant at 5%",
+        Scaling::Untestable => "significance not testable (fewer than 3 runs)",
+    };
+    let tokens_v = if v.tail {
+        format!("{tokens_v}; {TAIL_CAVEAT}")
+    } else {
+        tokens_v.to_string()
+    };
     *md += &format!("| Token count | {tokens_ev} | {tokens_v} |\n");
     let pair = &r.correlations.val_er_vs_val_ppl;
     let er_ev: Vec<String> = [
@@ -497,20 +503,14 @@ pub fn section_factor_table(md: &mut String, r: &SweepResults) {
     } else {
         er_ev.join(", ")
     };
-    let er_anova = er_between_cells(r).filter(|(_, p)| *p >= SIGNIFICANCE);
-    let er_v = if let Some((_, p)) = er_anova {
-        &*format!(
+    let er_v = match v.er {
+        ErRelation::WithinSeedNoise { p } => format!(
             "no evidence: ER differs between cells no more than between seeds (ANOVA {})",
             p_phrase(p)
-        )
-    } else if correlation_significant(pair)
-        || correlation_significant(&r.correlations.val_er_vs_val_acc)
-    {
-        "significant relation with performance at 5%"
-    } else if pair.pearson.as_ref().and_then(|c| c.p_value).is_some() {
-        "no significant relation with performance at 5%"
-    } else {
-        "not testable"
+        ),
+        ErRelation::Related => "significant relation with performance at 5%".into(),
+        ErRelation::NotRelated => "no significant relation with performance at 5%".into(),
+        ErRelation::Untestable => "not testable".into(),
     };
     let er_ev = if r.config.pretrained_embeddings.is_empty() {
         format!("{er_ev} (random embeddings: ER level not comparable with the seed's)")

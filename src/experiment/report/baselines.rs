@@ -2,11 +2,12 @@
 //! evaluated on each cell's exact split, with replicate spread, each
 //! model's scaling exponent, and which differences the replicates support.
 
+use super::verdicts::Verdicts;
 use super::wording::{alpha_sentence, p_phrase};
 use crate::config::Config;
 use crate::experiment::format::{fmt_p, pct, thousands};
 use crate::experiment::results::{MeanSd, ModelResults, SweepResults};
-use crate::experiment::stats::{mean_difference, SIGNIFICANCE};
+use crate::experiment::stats::SIGNIFICANCE;
 use crate::models::ModelKind;
 
 /// "359.1 +/- 12.3" (or the single value).
@@ -69,7 +70,7 @@ fn setup_lines(c: &Config, r: &SweepResults) -> Vec<String> {
         .collect()
 }
 
-pub fn section_baselines(md: &mut String, r: &SweepResults) {
+pub fn section_baselines(md: &mut String, r: &SweepResults, v: &Verdicts) {
     if r.models.len() < 2 && r.models.iter().all(|m| m.replicates <= 1) {
         return;
     }
@@ -123,10 +124,14 @@ pub fn section_baselines(md: &mut String, r: &SweepResults) {
             .scaling
             .as_ref()
             .map_or("no fit".to_string(), alpha_sentence);
-        let vs = match (m.model.as_str(), m.alpha_vs_newllm_p) {
+        let verdict = v.baselines.iter().find(|b| b.model.name() == m.model);
+        let vs = match (
+            m.model.as_str(),
+            verdict.and_then(|b| b.alpha_p.map(|p| (p, b.alpha_differs))),
+        ) {
             ("newllm", _) => "-".to_string(),
-            (_, Some(p)) if p < SIGNIFICANCE => format!("yes ({})", p_phrase(p)),
-            (_, Some(p)) => format!("no ({})", p_phrase(p)),
+            (_, Some((p, true))) => format!("yes ({})", p_phrase(p)),
+            (_, Some((p, false))) => format!("no ({})", p_phrase(p)),
             (_, None) => "not testable (needs 3+ points on each side)".to_string(),
         };
         *md += &format!(
@@ -138,39 +143,23 @@ pub fn section_baselines(md: &mut String, r: &SweepResults) {
     }
     *md += "\nNew-LLM's FLOPs are those of a Phase-2 step; Phase 1 adds 6 per ContextBlock weight per token and iteration before it.\n\n";
     *md += "In plain words:\n\n";
-    for line in plain_words(r) {
+    for line in plain_words(r, v) {
         *md += &format!("- {line}\n");
     }
     *md += "\n";
 }
 
 /// One sentence per baseline: where New-LLM is better or worse, and whether
-/// the replicates support it; then the exponents.
-fn plain_words(r: &SweepResults) -> Vec<String> {
+/// the replicates support it (verdicts.rs); then the exponents.
+fn plain_words(r: &SweepResults, v: &Verdicts) -> Vec<String> {
     let mut out = Vec::new();
     let Some(base) = r.models.iter().find(|m| m.model == "newllm") else {
         return out;
     };
-    let runs = |model: &str, s: usize| -> Vec<f64> {
-        r.runs
-            .iter()
-            .filter(|c| c.model == model && c.samples == s)
-            .map(|c| c.val_ppl)
-            .collect()
-    };
-    for m in r.models.iter().filter(|m| m.model != "newllm") {
-        let mut better = Vec::new();
-        let mut worse = Vec::new();
-        let mut unclear = Vec::new();
-        for c in &base.cells {
-            let ours = runs("newllm", c.samples);
-            let theirs = runs(&m.model, c.samples);
-            match mean_difference(&ours, &theirs) {
-                Some(d) if d.p_value < SIGNIFICANCE && d.diff < 0.0 => better.push(c.samples),
-                Some(d) if d.p_value < SIGNIFICANCE => worse.push(c.samples),
-                _ => unclear.push(c.samples),
-            }
-        }
+    for b in &v.baselines {
+        let Some(m) = r.models.iter().find(|m| m.model == b.model.name()) else {
+            continue;
+        };
         let list = |v: &[usize]| {
             v.iter()
                 .map(|s| s.to_string())
@@ -179,16 +168,22 @@ fn plain_words(r: &SweepResults) -> Vec<String> {
         };
         let mut s = format!("Against {}: New-LLM's Val PPL is ", label(m));
         let mut parts = Vec::new();
-        if !better.is_empty() {
-            parts.push(format!("significantly lower at {} samples", list(&better)));
+        if !b.newllm_lower.is_empty() {
+            parts.push(format!(
+                "significantly lower at {} samples",
+                list(&b.newllm_lower)
+            ));
         }
-        if !worse.is_empty() {
-            parts.push(format!("significantly higher at {} samples", list(&worse)));
+        if !b.newllm_higher.is_empty() {
+            parts.push(format!(
+                "significantly higher at {} samples",
+                list(&b.newllm_higher)
+            ));
         }
-        if !unclear.is_empty() {
+        if !b.unclear.is_empty() {
             parts.push(format!(
                 "not distinguishable from seed noise at {} samples",
-                list(&unclear)
+                list(&b.unclear)
             ));
         }
         s += &parts.join("; ");
@@ -200,26 +195,26 @@ fn plain_words(r: &SweepResults) -> Vec<String> {
             );
         }
         s += ").";
-        if let (Some(a), Some(b)) = (&base.scaling, &m.scaling) {
-            let steeper = if a.alpha < b.alpha {
+        if let (Some(a), Some(bf)) = (&base.scaling, &m.scaling) {
+            let steeper = if a.alpha < bf.alpha {
                 "falls faster"
             } else {
                 "falls more slowly"
             };
-            s += &match m.alpha_vs_newllm_p {
-                Some(p) if p < SIGNIFICANCE => format!(
+            s += &match b.alpha_p {
+                Some(p) if b.alpha_differs => format!(
                     " With more tokens New-LLM's PPL {steeper} (alpha {:.3} vs {:.3}; the exponents differ, {}).",
-                    a.alpha, b.alpha, p_phrase(p)
+                    a.alpha, bf.alpha, p_phrase(p)
                 ),
                 Some(p) => format!(
                     " Its exponent alpha {:.3} and New-LLM's {:.3} are not significantly different ({}).",
-                    b.alpha, a.alpha, p_phrase(p)
+                    bf.alpha, a.alpha, p_phrase(p)
                 ),
                 None => format!(
                     " Exponents: New-LLM {:.3}, {} {:.3} (too few points to test the difference).",
                     a.alpha,
                     label(m),
-                    b.alpha
+                    bf.alpha
                 ),
             };
         }

@@ -1,13 +1,33 @@
-//! `compare.md`: several sweeps of the same cells side by side, with the
-//! per-cell differences and whether the scaling exponents differ.
+//! `compare.md`: the configs of a comparison (one or more varied axes) on
+//! the same cells: one cross-config table, per-cell figures, the
+//! baselines (each distinct one once), heatmaps for a two-axis grid, the
+//! best config against the runner-up, and the side-by-side differences.
 
+use super::baselines::mean_sd;
+use super::verdicts::{
+    decide_grid, paired_verdict, same_validation, significant, GridVerdict, Paired,
+};
 use super::wording::{alpha_sentence, p_phrase, verdict};
 use crate::experiment::format::{change_pct, fmt_p, now_utc, pct, thousands};
-use crate::experiment::plots;
-use crate::experiment::results::SweepResults;
-use crate::experiment::stats::{alpha_difference_p, paired_difference, Difference, SIGNIFICANCE};
+use crate::experiment::laws::Law;
+use crate::experiment::plots::{self, Heatmap};
+use crate::experiment::results::{ModelResults, SweepResults};
+use crate::experiment::stats::{alpha_difference_p, paired_difference, Difference};
+use crate::models::ModelKind;
 use anyhow::{Context, Result};
 use std::path::Path;
+
+/// The shape of a comparison: each axis (key, values in order) and each
+/// compared config's value on every axis (aligned with the sides).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GridShape {
+    pub axes: Vec<(String, Vec<String>)>,
+    pub values: Vec<Vec<String>>,
+}
+
+/// Up to this many configs the report also shows every config's cells side
+/// by side against the first (wider grids get the per-cell tables only).
+const SIDE_BY_SIDE_MAX: usize = 4;
 
 /// Config fields whose values differ between the sides: (field, value per side).
 pub fn differing_fields(sides: &[(String, SweepResults)]) -> Vec<(String, Vec<String>)> {
@@ -40,11 +60,11 @@ fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String
     let Some((_, base)) = sides.first() else {
         return md;
     };
-    let runs = |r: &SweepResults, s: usize| -> Vec<(u64, f64, f64)> {
+    let runs = |r: &SweepResults, s: usize| -> Vec<(u64, f64, f64, String)> {
         r.runs
             .iter()
             .filter(|c| c.model == "newllm" && c.samples == s)
-            .map(|c| (c.config.seed, c.val_ppl, c.val_acc))
+            .map(|c| (c.config.seed, c.val_ppl, c.val_acc, c.val_set.clone()))
             .collect()
     };
     md += "Each row pairs the runs of both sides that used the same seed; a difference is claimed only when its 95% CI excludes zero.\n\n";
@@ -53,13 +73,15 @@ fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String
     for (i, (_, r)) in sides.iter().enumerate().skip(1) {
         for c in &base.cells {
             let (a, b) = (runs(r, c.samples), runs(base, c.samples));
+            // Runs scored on different validation sets are not paired.
+            let other_set = a.iter().any(|x| b.iter().any(|y| y.0 == x.0 && y.3 != x.3));
             // (side PPL, base PPL, side Acc, base Acc) of each shared seed.
             let pairs: Vec<[f64; 4]> = a
                 .iter()
-                .filter_map(|&(seed, p, acc)| {
+                .filter_map(|(seed, p, acc, set)| {
                     b.iter()
-                        .find(|x| x.0 == seed)
-                        .map(|&(_, bp, bacc)| [p, bp, acc, bacc])
+                        .find(|x| x.0 == *seed && x.3 == *set)
+                        .map(|(_, bp, bacc, _)| [*p, *bp, *acc, *bacc])
                 })
                 .collect();
             let col = |i: usize| -> Vec<f64> { pairs.iter().map(|x| x[i]).collect() };
@@ -79,16 +101,15 @@ fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String
             };
             let ((pd, pp), (ad, ap)) = (show(&ppl, 1.0), show(&acc, 100.0));
             let (l, b0) = (&labels[i], &labels[0]);
-            let mut verdict = match ppl {
-                Some(d) if d.p_value < SIGNIFICANCE && d.diff < 0.0 => {
-                    format!("{l} beats {b0} (lower PPL)")
-                }
-                Some(d) if d.p_value < SIGNIFICANCE => format!("{b0} beats {l} (lower PPL)"),
-                Some(_) => "PPL: no difference beyond seed noise".to_string(),
-                None if pairs.len() < 2 => "untestable: needs 2+ seeds (`replicates`)".to_string(),
-                None => "untestable: identical pairs".to_string(),
+            let mut verdict = match paired_verdict(ppl, other_set, pairs.len()) {
+                Paired::SideLower => format!("{l} beats {b0} (lower PPL)"),
+                Paired::BaseLower => format!("{b0} beats {l} (lower PPL)"),
+                Paired::WithinNoise => "PPL: no difference beyond seed noise".to_string(),
+                Paired::DifferentSets => "not compared: different validation sets".to_string(),
+                Paired::TooFewSeeds => "untestable: needs 2+ seeds (`replicates`)".to_string(),
+                Paired::IdenticalPairs => "untestable: identical pairs".to_string(),
             };
-            if let Some(d) = acc.filter(|d| d.p_value < SIGNIFICANCE) {
+            if let Some(d) = acc.filter(|d| significant(d.p_value)) {
                 let (hi, lo) = if d.diff > 0.0 { (l, b0) } else { (b0, l) };
                 verdict += &format!(
                     "; Val Acc higher for {hi} than {lo} (only {} pairs: a fragile test)",
@@ -111,11 +132,11 @@ fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String
 }
 
 /// The compare report text (no files touched).
-pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
+pub fn render_compare_report(shape: &GridShape, sides: &[(String, SweepResults)]) -> String {
     let mut md = String::new();
     md += "# Comparison of settings on the same cells\n\n";
     md += &format!(
-        "Generated by newllm on {}. Sides: {}.\n\n",
+        "Generated by newllm on {}. Configs: {}.\n\n",
         now_utc(),
         sides
             .iter()
@@ -142,6 +163,22 @@ pub fn render_compare_report(sides: &[(String, SweepResults)]) -> String {
             md += &format!("| `{key}` | {} |\n", values.join(" | "));
         }
         md += "\n";
+    }
+    if !sides.iter().all(|(_, r)| same_validation(base, r)) {
+        md += "**The configs do not all validate on the same set** (another corpus or validation setting): Val PPLs of different sets are not compared, paired or ranked against each other.\n\n";
+    }
+    let v = decide_grid(sides);
+    md += &section_configs(sides);
+    md += &section_per_cell(sides);
+    md += &section_grid_baselines(sides);
+    if shape.axes.len() == 2 {
+        md += &section_heatmaps(shape, sides, &v);
+    }
+    md += &section_best(sides, &v);
+    if sides.len() > SIDE_BY_SIDE_MAX {
+        md += &format!("(With more than {SIDE_BY_SIDE_MAX} configs the side-by-side tables against the first are left out; the tables above hold every figure.)\n");
+        md += "\n![compare](plots/compare_scaling.png)\n";
+        return md;
     }
 
     md += "## Per-cell results\n\n";
@@ -290,10 +327,299 @@ pub fn mean_log_ratio(base: &SweepResults, other: &SweepResults) -> Option<f64> 
     (!logs.is_empty()).then(|| logs.iter().sum::<f64>() / logs.len() as f64)
 }
 
-/// Writes `dir/compare.md` and `dir/plots/compare_scaling.{svg,png}`.
-pub fn write_compare_report(dir: &Path, sides: &[(String, SweepResults)]) -> Result<()> {
+/// Writes `dir/compare.md`, `dir/plots/compare_scaling.{svg,png}` and, for
+/// a two-axis grid, the heatmaps.
+pub fn write_compare_report(
+    dir: &Path,
+    shape: &GridShape,
+    sides: &[(String, SweepResults)],
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    plots::write_compare_plot(&dir.join("plots"), sides)?;
+    let plots_dir = dir.join("plots");
+    plots::write_compare_plot(&plots_dir, sides)?;
+    if shape.axes.len() == 2 {
+        for (stem, map) in heatmaps(shape, sides, &decide_grid(sides)) {
+            plots::write_heatmap(&plots_dir.join(stem), &map)?;
+        }
+    }
     let path = dir.join("compare.md");
-    crate::io::write_atomic(&path, render_compare_report(sides).as_bytes())
+    crate::io::write_atomic(&path, render_compare_report(shape, sides).as_bytes())
+}
+
+fn newllm(r: &SweepResults) -> Option<&ModelResults> {
+    r.models
+        .iter()
+        .find(|m| m.model == ModelKind::NewLlm.name())
+}
+
+/// Every sample count any config has, ascending.
+fn all_samples(sides: &[(String, SweepResults)]) -> Vec<usize> {
+    let mut samples: Vec<usize> = sides
+        .iter()
+        .flat_map(|(_, r)| r.cells.iter().map(|c| c.samples))
+        .collect();
+    samples.sort_unstable();
+    samples.dedup();
+    samples
+}
+
+/// One row per config: its fit, Phase 1 and ER, and its better law.
+fn section_configs(sides: &[(String, SweepResults)]) -> String {
+    let mut md = String::from("## Configs side by side\n\n| Config | alpha (95% CI) | A | R^2 | Phase-1 iterations (mean) | Phase 1 converged | Val ER (mean over cells) | Better law (AICc) |\n|---|---|---|---|---|---|---|---|\n");
+    for (name, r) in sides {
+        let fit = r.scaling.as_ref();
+        let alpha = fit.map_or("no fit".into(), |f| {
+            f.alpha_ci95.map_or(format!("{:.3}", f.alpha), |[lo, hi]| {
+                format!("{:.3} [{lo:.3}, {hi:.3}]", f.alpha)
+            })
+        });
+        let nl: Vec<_> = r.runs.iter().filter(|c| c.newllm.is_some()).collect();
+        let iters = nl
+            .iter()
+            .map(|c| c.nl().phase1_iterations as f64)
+            .sum::<f64>()
+            / nl.len().max(1) as f64;
+        let converged = nl.iter().filter(|c| c.nl().phase1_converged).count();
+        let er = r.cells.iter().map(|c| c.nl().val_er).sum::<f64>() / r.cells.len().max(1) as f64;
+        let law = newllm(r)
+            .and_then(|m| m.analysis.laws.as_ref())
+            .map_or("-".into(), |l| match (l.delta_aicc, l.better) {
+                (Some(_), Some(Law::Power)) => "power".to_string(),
+                (Some(_), Some(Law::Saturation)) => {
+                    l.saturation.as_ref().map_or("saturation".into(), |s| {
+                        format!("saturation (E = {:.1})", s.e)
+                    })
+                }
+                (Some(_), None) => "cannot tell apart".into(),
+                (None, _) => "too few runs".into(),
+            });
+        md += &format!(
+            "| `{name}` | {alpha} | {} | {} | {iters:.1} | {converged} of {} | {} | {law} |\n",
+            fit.map_or("-".into(), |f| format!("{:.3e}", f.a)),
+            fit.and_then(|f| f.r2)
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            nl.len(),
+            pct(er)
+        );
+    }
+    md + "\n"
+}
+
+/// Val PPL and Val Acc per cell, mean +/- sd over seeds, one row per config.
+fn section_per_cell(sides: &[(String, SweepResults)]) -> String {
+    let samples = all_samples(sides);
+    let mut md = String::new();
+    for (what, f, scale, unit) in [
+        (
+            "Val PPL",
+            (|c: &crate::experiment::results::CellSummary| c.val_ppl) as fn(&_) -> _,
+            1.0,
+            "",
+        ),
+        (
+            "Val Acc",
+            |c: &crate::experiment::results::CellSummary| c.val_acc,
+            100.0,
+            "%",
+        ),
+    ] {
+        md += &format!("## {what} per cell (mean ± sd over seeds)\n\n| Config |");
+        for s in &samples {
+            md += &format!(" {s} samples |");
+        }
+        md += "\n|---|";
+        md += &"---|".repeat(samples.len());
+        md += "\n";
+        for (name, r) in sides {
+            md += &format!("| `{name}` |");
+            for &s in &samples {
+                let cell = newllm(r).and_then(|m| m.cells.iter().find(|c| c.samples == s));
+                md += &match cell.and_then(f) {
+                    Some(v) => format!(" {}{unit} |", mean_sd(Some(v), scale, 1)),
+                    None => " - |".into(),
+                };
+            }
+            md += "\n";
+        }
+        md += "\n";
+    }
+    md
+}
+
+/// Each distinct baseline once, with the configs it serves.
+fn section_grid_baselines(sides: &[(String, SweepResults)]) -> String {
+    // (model, its per-cell figures as a key, configs) for each distinct run set
+    let mut distinct: Vec<(&ModelResults, Vec<String>)> = Vec::new();
+    for (name, r) in sides {
+        for m in r
+            .models
+            .iter()
+            .filter(|m| m.model != ModelKind::NewLlm.name())
+        {
+            match distinct
+                .iter_mut()
+                .find(|(d, _)| d.model == m.model && d.cells == m.cells)
+            {
+                Some((_, configs)) => configs.push(name.clone()),
+                None => distinct.push((m, vec![name.clone()])),
+            }
+        }
+    }
+    if distinct.is_empty() {
+        return String::new();
+    }
+    let samples = all_samples(sides);
+    let mut md = String::from("## Baselines (each distinct configuration trained once)\n\n| Baseline | For configs | alpha (95% CI) |");
+    for s in &samples {
+        md += &format!(" Val PPL {s} |");
+    }
+    md += "\n|---|---|---|";
+    md += &"---|".repeat(samples.len());
+    md += "\n";
+    for (m, configs) in &distinct {
+        let label = ModelKind::from_name(&m.model).map_or(m.model.as_str(), |k| k.label());
+        let configs = if configs.len() == sides.len() {
+            "all".to_string()
+        } else {
+            configs
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let alpha = m.scaling.as_ref().map_or("no fit".into(), |f| {
+            f.alpha_ci95.map_or(format!("{:.3}", f.alpha), |[lo, hi]| {
+                format!("{:.3} [{lo:.3}, {hi:.3}]", f.alpha)
+            })
+        });
+        md += &format!("| {label} | {configs} | {alpha} |");
+        for &s in &samples {
+            let cell = m.cells.iter().find(|c| c.samples == s);
+            md += &format!(" {} |", mean_sd(cell.and_then(|c| c.val_ppl), 1.0, 1));
+        }
+        md += "\n";
+    }
+    md + "\n"
+}
+
+/// The heatmaps of a two-axis grid: (file stem, map).
+fn heatmaps(
+    shape: &GridShape,
+    sides: &[(String, SweepResults)],
+    v: &GridVerdict,
+) -> Vec<(String, Heatmap)> {
+    let [(ykey, yvals), (xkey, xvals)] = [&shape.axes[0], &shape.axes[1]];
+    let grid = |f: &dyn Fn(&SweepResults) -> Option<f64>| -> Vec<Vec<Option<f64>>> {
+        yvals
+            .iter()
+            .map(|y| {
+                xvals
+                    .iter()
+                    .map(|x| {
+                        let i = shape.values.iter().position(|v| v[0] == *y && v[1] == *x)?;
+                        f(&sides.get(i)?.1)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let map = |title: String, values: Vec<Vec<Option<f64>>>, digits: usize| Heatmap {
+        title,
+        x_key: xkey.clone(),
+        x_values: xvals.clone(),
+        y_key: ykey.clone(),
+        y_values: yvals.clone(),
+        values,
+        digits,
+    };
+    let mut out = vec![(
+        "heatmap_alpha".to_string(),
+        map(
+            "alpha (lower = PPL falls faster with data)".into(),
+            grid(&|r| r.scaling.as_ref().map(|f| f.alpha)),
+            3,
+        ),
+    )];
+    if let Some(s) = v.largest {
+        let ppl = grid(&|r| {
+            newllm(r)?
+                .cells
+                .iter()
+                .find(|c| c.samples == s)?
+                .val_ppl
+                .map(|m| m.mean)
+        });
+        out.push((
+            format!("heatmap_ppl_{s}"),
+            map(format!("Val PPL at {s} samples (mean over seeds)"), ppl, 1),
+        ));
+    }
+    out
+}
+
+fn section_heatmaps(
+    shape: &GridShape,
+    sides: &[(String, SweepResults)],
+    v: &GridVerdict,
+) -> String {
+    let mut md = String::from("## Heatmaps\n\n");
+    for (stem, map) in heatmaps(shape, sides, v) {
+        md += &format!("![{}](plots/{stem}.png)\n\n", map.title);
+    }
+    md
+}
+
+/// The best config by largest-cell PPL and by alpha, against the runner-up.
+fn section_best(sides: &[(String, SweepResults)], v: &GridVerdict) -> String {
+    let mut md = String::from("## Best config\n\n");
+    let name = |i: usize| format!("`{}`", sides[i].0);
+    match (v.by_ppl.first(), v.by_ppl.get(1), v.largest) {
+        (Some(best), Some(second), Some(s)) => {
+            md += &format!(
+                "- By Val PPL at the largest cell ({s} samples): {} ({:.1}), runner-up {} ({:.1}). ",
+                name(best.side),
+                best.value,
+                name(second.side),
+                second.value
+            );
+            md += &match &v.ppl_vs_runner_up {
+                Some(d) if v.ppl_beats_runner_up => format!(
+                    "Paired by seed the best is lower by {:.1} (95% CI {:.1} to {:.1}, {}): **beyond seed noise**.\n",
+                    -d.diff, -d.ci95[1], -d.ci95[0], p_phrase(d.p_value)
+                ),
+                Some(d) => format!(
+                    "Paired by seed the difference is {:+.1} (95% CI {:+.1} to {:+.1}, {}): **not distinguishable from seed noise**; the ranking of these two is not established.\n",
+                    d.diff, d.ci95[0], d.ci95[1], p_phrase(d.p_value)
+                ),
+                None => "Not testable against the runner-up: it needs 2+ seeds paired on one validation set (`replicates`).\n".into(),
+            };
+        }
+        (Some(best), None, Some(s)) => {
+            md += &format!("- Only {} has the {s}-sample cell.\n", name(best.side));
+        }
+        _ => md += "- No cell common to every config.\n",
+    }
+    if let (Some(best), Some(second)) = (v.by_alpha.first(), v.by_alpha.get(1)) {
+        md += &format!(
+            "- By alpha (PPL falling fastest with data): {} ({:.3}), runner-up {} ({:.3}); ",
+            name(best.side),
+            best.value,
+            name(second.side),
+            second.value
+        );
+        md += &match v.alpha_vs_runner_up_p {
+            Some(p) if v.alpha_beats_runner_up => {
+                format!("the exponents differ ({}).\n", p_phrase(p))
+            }
+            Some(p) => format!(
+                "the exponents are not significantly different ({}).\n",
+                p_phrase(p)
+            ),
+            None => {
+                "not testable (a side has fewer than 3 runs, or they validate on different sets).\n"
+                    .into()
+            }
+        };
+    }
+    md + "\n"
 }

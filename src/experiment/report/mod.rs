@@ -1,15 +1,18 @@
 //! The generated analysis (ALGORITHM.md section 7): the sweep report
 //! (`sweep.rs`: conditions, summary, timings, epochs; `analysis.rs`: the
 //! seed document's analysis sections; `baselines.rs`: New-LLM against the
-//! standard models), the side-by-side comparison (`compare.rs`), the
-//! per-cell diagnostics they draw on (`diagnostics.rs`) and the shared
-//! sentences (`wording.rs`).
+//! standard models; `scaling.rs`: the validation design, windows, laws and
+//! predictions), the comparison of configs (`compare.rs`), the per-cell
+//! diagnostics they draw on (`diagnostics.rs`), every verdict decided once
+//! (`verdicts.rs`) and the shared sentences (`wording.rs`).
 
 pub mod analysis;
 pub mod baselines;
 pub mod compare;
 pub mod diagnostics;
+pub mod scaling;
 pub mod sweep;
+pub mod verdicts;
 pub mod wording;
 
 #[cfg(test)]

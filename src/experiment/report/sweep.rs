@@ -9,8 +9,11 @@ use super::analysis::{
 };
 use super::baselines::{mean_sd, section_baselines};
 use super::diagnostics::diagnose;
+use super::scaling::{section_scaling, section_validation};
+use super::verdicts::decide;
 use super::wording::alpha_sentence;
 use crate::cell_result::CellResult;
+use crate::config::ValMode;
 use crate::experiment::format::{now_utc, pct, serde_plain, thousands};
 use crate::experiment::plots;
 use crate::experiment::results::{MeanSd, SweepResults};
@@ -87,10 +90,17 @@ pub fn section_conditions(md: &mut String, r: &SweepResults) {
     } else {
         format!("{} (configured: {})", join(&done), join(&c.sample_counts))
     };
-    *md += &format!(
-        "- Data: {corpus}; validation = last {} of each cell's token stream; sample counts {counts}\n",
-        pct(c.val_fraction),
-    );
+    let validation = match c.val_mode {
+        ValMode::Tail => format!(
+            "validation = last {} of each cell's token stream (`val_mode = \"tail\"`: it changes with N)",
+            pct(c.val_fraction)
+        ),
+        ValMode::Heldout => format!(
+            "validation = the corpus's last {} conversations, the same for every cell (`val_mode = \"heldout\"`)",
+            c.val_samples
+        ),
+    };
+    *md += &format!("- Data: {corpus}; {validation}; sample counts {counts}\n");
     let mut threads: Vec<usize> = r.cells.iter().map(|c| c.threads).collect();
     threads.dedup();
     let threads: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
@@ -147,20 +157,50 @@ pub fn section_summary(md: &mut String, r: &SweepResults) {
             missed.join(", ")
         )
     };
-    *md += "| Samples | Tokens | Val PPL | Val Acc | Val ER |\n|---------|--------|---------|---------|--------|\n";
+    let intervals = newllm.is_some_and(|m| m.cells.iter().any(|x| x.val_ppl_interval.is_some()));
+    *md += "| Samples | Tokens | Val PPL |";
+    if intervals {
+        *md += " 95% interval over validation conversations |";
+    }
+    *md += " Val Acc | Val ER |\n|---------|--------|---------|";
+    if intervals {
+        *md += "---|";
+    }
+    *md += "---------|--------|\n";
     for c in &r.cells {
         let sum = newllm.and_then(|m| m.cells.iter().find(|x| x.samples == c.samples));
         let one = |v: f64| MeanSd::of(&[v]);
         *md += &format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} |",
             c.samples,
             thousands(c.train_tokens),
             mean_sd(sum.map_or(one(c.val_ppl), |x| x.val_ppl), 1.0, 1),
+        );
+        if intervals {
+            *md += &match sum.and_then(|x| x.val_ppl_interval.as_ref()) {
+                Some(i) => format!(
+                    " [{:.1}, {:.1}] ({} conversations) |",
+                    i.ci95[0], i.ci95[1], i.conversations
+                ),
+                None => " - |".into(),
+            };
+        }
+        *md += &format!(
+            " {} | {} |\n",
             mean_sd(sum.map_or(one(c.val_acc), |x| x.val_acc), 100.0, 1) + "%",
             mean_sd(sum.map_or(one(c.nl().val_er), |x| x.val_er), 100.0, 1) + "%"
         );
     }
     *md += "\n";
+    if intervals && reps > 1 {
+        *md += "The ± is the spread between seeds; the interval is the validation set's own sampling error (whole conversations resampled).\n\n";
+    }
+    if !r.left_out.is_empty() {
+        *md += &format!(
+            "Left out of every figure, validated on another set than this sweep's: {}.\n\n",
+            r.left_out.join("; ")
+        );
+    }
     match &r.scaling {
         Some(fit) => {
             *md += &format!("Scaling coefficient, from PPL = A * tokens^alpha (least squares on ln PPL vs ln tokens): {}.", alpha_sentence(fit));
@@ -287,6 +327,7 @@ pub fn section_epochs(md: &mut String, r: &SweepResults) {
 pub fn render_report(results: &SweepResults) -> String {
     let r = results;
     let d = diagnose(r);
+    let v = decide(r, &d);
     let mut md = String::new();
     md += "# Scaling experiment analysis: Effective Rank vs token count\n\n";
     md += &format!(
@@ -300,14 +341,16 @@ pub fn render_report(results: &SweepResults) -> String {
         return md;
     }
     section_summary(&mut md, r);
-    section_baselines(&mut md, r);
+    section_validation(&mut md, r);
+    section_baselines(&mut md, r, &v);
     md += "## Analysis: which matters more, Effective Rank or token count?\n\n";
     section_er(&mut md, r);
-    section_tokens(&mut md, r);
-    section_conclusion(&mut md, r);
-    section_training(&mut md, r, &d);
-    section_recommendations(&mut md, r, &d);
-    section_factor_table(&mut md, r);
+    section_tokens(&mut md, r, &v);
+    section_conclusion(&mut md, r, &v);
+    section_training(&mut md, r, &d, &v);
+    section_scaling(&mut md, r, &v);
+    section_recommendations(&mut md, r, &d, &v);
+    section_factor_table(&mut md, r, &v);
     section_timings(&mut md, r);
     section_epochs(&mut md, r);
     md

@@ -1,6 +1,6 @@
 //! Report tests on fixtures shaped like the seed document's cells.
 
-use super::compare::differing_fields;
+use super::compare::{differing_fields, GridShape};
 use super::diagnostics::diagnose;
 use super::*;
 use crate::cell_result::{CellResult, Epoch, NewLlmResult, Timings};
@@ -452,7 +452,7 @@ fn compare_report_side_by_side() {
             analyse(&other, &seed_true_cells()),
         ),
     ];
-    write_compare_report(&dir, &sides).unwrap();
+    write_compare_report(&dir, &GridShape::default(), &sides).unwrap();
     let md = std::fs::read_to_string(dir.join("compare.md")).unwrap();
     for want in [
         "| `token_input_all_layers` | false | true |",
@@ -544,12 +544,160 @@ fn compare_pairs_runs_by_seed() {
         r.val_ppl *= 0.9 * wobble;
     }
     let b = analyse(&Config::default(), &runs_b);
-    let md = render_compare_report(&[("A".into(), a.clone()), ("B".into(), b)]);
+    let md = render_compare_report(
+        &GridShape::default(),
+        &[("A".into(), a.clone()), ("B".into(), b)],
+    );
     assert!(md.contains("## Paired by seed"), "{md}");
     assert!(md.contains("| B vs A, 500 samples | 2 |"), "{md}");
     assert!(md.contains("B beats A (lower PPL)"), "{md}");
     // One seed per side: nothing to pair a test on.
     let single = analyse(&Config::default(), &seed_cells());
-    let md = render_compare_report(&[("A".into(), single.clone()), ("B".into(), single)]);
+    let md = render_compare_report(
+        &GridShape::default(),
+        &[("A".into(), single.clone()), ("B".into(), single)],
+    );
     assert!(md.contains("untestable: needs 2+ seeds"), "{md}");
+}
+
+/// ANOVA says ER's differences between cells are seed noise while its cell
+/// means correlate perfectly with PPL: no section may claim a relation.
+#[test]
+fn er_within_seed_noise_is_claimed_nowhere() {
+    let mut runs = Vec::new();
+    for (r, sign) in [(0usize, 1.0), (1, -1.0)] {
+        for mut c in seed_cells() {
+            c.replicate = r;
+            c.config.seed = 42 + r as u64;
+            let mean = 0.2 - c.val_ppl / 20000.0;
+            if let Some(n) = c.newllm.as_mut() {
+                n.val_er = mean + sign * 0.3;
+            }
+            runs.push(c);
+        }
+    }
+    let results = analyse(&Config::default(), &runs);
+    let pearson = results
+        .correlations
+        .val_er_vs_val_ppl
+        .pearson
+        .clone()
+        .unwrap();
+    assert!(
+        pearson.p_value.unwrap() < 0.05,
+        "fixture: the correlation is significant"
+    );
+    let md = render_report(&results);
+    for claim in [
+        "| significant relation with performance at 5% |",
+        "ER shows no significant relation",
+        "relates significantly",
+        "ER relate significantly",
+        "significant at 5% (both coefficients)",
+        "significant at 5% by",
+    ] {
+        assert!(!md.contains(claim), "claims {claim:?}\n{md}");
+    }
+    assert!(md.contains("not counted as evidence"), "{md}");
+    assert!(
+        md.contains("no evidence: ER differs between cells no more than between seeds"),
+        "{md}"
+    );
+    assert!(md.contains("token count is the dominant factor"), "{md}");
+}
+
+/// Cells like the ChatGPT-style corpus's: PPL rising with data on a
+/// held-out set is reported as rising, not as token count dominating.
+#[test]
+fn a_rising_alpha_is_reported_as_rising() {
+    let mut cells = seed_cells();
+    for (c, ppl) in cells.iter_mut().zip([672.0, 700.0, 858.0, 972.0]) {
+        c.val_ppl = ppl;
+        c.config.val_mode = crate::config::ValMode::Heldout;
+    }
+    let config = Config {
+        val_mode: crate::config::ValMode::Heldout,
+        ..Config::default()
+    };
+    let md = render_report(&analyse(&config, &cells));
+    assert!(md.contains("PPL **rises** with training tokens"), "{md}");
+    assert!(
+        md.contains("PPL rises significantly with more training data on one fixed validation set"),
+        "{md}"
+    );
+    assert!(!md.contains("token count is the dominant factor"), "{md}");
+    assert!(!md.contains("More tokens:"), "{md}");
+    assert!(md.contains("One validation set for every cell"), "{md}");
+    assert!(!md.contains("The validation text changes with N"), "{md}");
+}
+
+/// Tail validation: the report says the text changes with N, shows the
+/// n-gram's PPL per cell, caveats every data-scaling verdict and
+/// recommends heldout.
+#[test]
+fn tail_validation_is_stated_with_the_ngram_as_its_measure() {
+    let mut runs = seed_cells();
+    for (c, ppl) in seed_cells().iter().zip([585.8, 611.8, 403.9, 241.2]) {
+        runs.push(CellResult {
+            model: "kn".into(),
+            newllm: None,
+            val_ppl: ppl,
+            epochs: Vec::new(),
+            ..c.clone()
+        });
+    }
+    let md = render_report(&analyse(&Config::default(), &runs));
+    assert!(
+        md.contains("**The validation text changes with N.**"),
+        "{md}"
+    );
+    assert!(
+        md.contains("its Val PPL per cell, 585.8 (50 samples), 611.8 (100 samples), 403.9 (200 samples), 241.2 (500 samples)"),
+        "{md}"
+    );
+    assert!(md.contains("token count is the dominant factor in this sweep: PPL falls significantly with it, and no significant relation between ER and performance was found. Caution: tail validation"), "{md}");
+    assert!(md.contains("`newllm sweep --set val_mode=heldout"), "{md}");
+    assert!(md.contains("val_mode = \"tail\""), "{md}");
+}
+
+/// Five cells on a saturating curve: windows, both laws, the better one
+/// named, the leave-last-out check and marked extrapolations.
+#[test]
+fn the_scaling_sections_render_windows_laws_and_predictions() {
+    let tokens = [240_132usize, 473_429, 948_524, 1_920_992, 3_864_746];
+    let ppl = [258.3, 187.6, 150.5, 127.4, 114.8];
+    let mut runs = Vec::new();
+    for r in 0..2 {
+        for (i, (&t, &p)) in tokens.iter().zip(&ppl).enumerate() {
+            let mut c = seed_cells()[0].clone();
+            c.samples = 200 << i;
+            c.train_tokens = t;
+            c.val_ppl = p * if r == 0 { 1.005 } else { 0.995 };
+            c.replicate = r;
+            c.config.seed = 42 + r as u64;
+            runs.push(c);
+        }
+    }
+    let config = Config {
+        val_mode: crate::config::ValMode::Heldout,
+        ..Config::default()
+    };
+    let results = analyse(&config, &runs);
+    let md = render_report(&results);
+    assert!(
+        md.contains("### Alpha over sliding windows of 3 sample counts"),
+        "{md}"
+    );
+    assert_eq!(results.models[0].analysis.windows.len(), 3);
+    assert!(
+        md.contains("In plain words: alpha rises towards 0 as data grows, significantly"),
+        "{md}"
+    );
+    assert!(md.contains("The saturation law fits better"), "{md}");
+    assert!(md.contains("### Leave-last-out check"), "{md}");
+    assert!(md.contains("**Extrapolation:**"), "{md}");
+    assert!(
+        md.contains("(2x the largest cell)") && md.contains("(10x the largest cell)"),
+        "{md}"
+    );
 }

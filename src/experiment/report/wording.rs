@@ -1,9 +1,10 @@
 //! Sentences both reports (and the command line) use to state a fit or a
 //! correlation, with its p-value and what it means at the 5% level.
 
+use super::verdicts::{significant, Scaling};
 use crate::config::Config;
 use crate::experiment::format::fmt_p;
-use crate::experiment::stats::{Correlation, CorrelationPair, ScalingFit, SIGNIFICANCE};
+use crate::experiment::stats::{Correlation, CorrelationPair, ScalingFit};
 
 /// "p = 0.0037" or "p < 0.0001".
 pub fn p_phrase(p: f64) -> String {
@@ -17,7 +18,7 @@ pub fn p_phrase(p: f64) -> String {
 
 pub fn verdict(p: Option<f64>) -> &'static str {
     match p {
-        Some(p) if p < SIGNIFICANCE => "significant at 5%",
+        Some(p) if significant(p) => "significant at 5%",
         Some(_) => "not significant at 5%",
         None => "significance not testable (fewer than 3 cells)",
     }
@@ -38,7 +39,7 @@ pub fn alpha_sentence(fit: &ScalingFit) -> String {
     }
     inner.push(last);
     let verdict = match fit.p_value {
-        Some(p) if p < SIGNIFICANCE => "significant at 5%".to_string(),
+        Some(p) if significant(p) => "significant at 5%".to_string(),
         Some(_) => "not significant at 5%".to_string(),
         None => "no p-value or confidence interval with fewer than 3 runs".to_string(),
     };
@@ -53,8 +54,10 @@ pub fn corr_phrase(name: &str, c: &Correlation) -> String {
     }
 }
 
-/// One line on a Pearson/Spearman pair, ending in the verdict.
-pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
+/// One line on a Pearson/Spearman pair, ending in the verdict; with
+/// `counted` false (ER within seed noise: verdicts.rs) a p below 5% is
+/// stated but not claimed as a relation.
+pub fn correlation_sentence(what: &str, pair: &CorrelationPair, counted: bool) -> String {
     let mut parts = Vec::new();
     if let Some(c) = &pair.pearson {
         parts.push(corr_phrase("Pearson r", c));
@@ -71,14 +74,12 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
         .or(pair.spearman.as_ref())
         .map(|c| c.n)
         .unwrap_or(0);
-    let sig = |c: &Option<Correlation>| {
-        c.as_ref()
-            .and_then(|c| c.p_value)
-            .is_some_and(|p| p < SIGNIFICANCE)
-    };
+    let sig = |c: &Option<Correlation>| c.as_ref().and_then(|c| c.p_value).is_some_and(significant);
     // Say which coefficient carries a positive verdict: two tests at 5%
     // find "something" more often than one.
-    let v = if sig(&pair.pearson) && sig(&pair.spearman) {
+    let v = if !counted && (sig(&pair.pearson) || sig(&pair.spearman)) {
+        "p below 0.05 on its own, not counted as evidence: ER differs between cells no more than between seeds"
+    } else if sig(&pair.pearson) && sig(&pair.spearman) {
         "significant at 5% (both coefficients)"
     } else if sig(&pair.pearson) {
         "significant at 5% by Pearson only"
@@ -90,6 +91,20 @@ pub fn correlation_sentence(what: &str, pair: &CorrelationPair) -> String {
         "not significant at 5%"
     };
     format!("{what}: {}, n = {n} cells: {v}.", parts.join("; "))
+}
+
+/// What every data-scaling statement of a tail-mode sweep carries.
+pub const TAIL_CAVEAT: &str = "tail validation: each cell is scored on the end of its own stream, so this mixes more training data with different validation text";
+
+/// The verdict on PPL against tokens, in words (with the fit).
+pub fn scaling_phrase(scaling: Scaling, fit: Option<&ScalingFit>) -> String {
+    let fit_text = fit.map(alpha_sentence).unwrap_or_else(|| "no fit".into());
+    match scaling {
+        Scaling::Falls => format!("PPL falls significantly with training tokens, {fit_text}"),
+        Scaling::Rises => format!("PPL **rises** with training tokens, {fit_text}: more data went with worse validation PPL"),
+        Scaling::NotSignificant => format!("no significant trend of PPL with training tokens, {fit_text}"),
+        Scaling::Untestable => format!("the trend of PPL with tokens is not testable here, {fit_text}"),
+    }
 }
 
 /// What every Effective Rank statement of a run with random embeddings
