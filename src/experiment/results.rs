@@ -8,8 +8,9 @@ use crate::experiment::laws::{
     Extrapolation, Holdout, Law, LawComparison, WindowAlpha,
 };
 use crate::experiment::stats::{
-    alpha_difference_p, bootstrap_ppl_over_conversations, correlation_pair, scaling_fit,
-    ConversationInterval, CorrelationPair, ScalingFit, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
+    alpha_difference_p, bootstrap_ppl_over_conversations, bootstrap_ratio_over_conversations,
+    correlation_pair, scaling_fit, ConversationInterval, CorrelationPair, ScalingFit,
+    BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
 };
 use crate::models::ModelKind;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,11 @@ pub struct CellSummary {
     /// The validation set's identity (`CellResult::val_set`).
     #[serde(default)]
     pub val_set: String,
+    /// PPL here / PPL of the previous cell, its 95% interval over validation
+    /// conversations (one draw for both cells' seeds); only when the two
+    /// cells validate on the same set.
+    #[serde(default)]
+    pub change_interval: Option<[f64; 2]>,
     pub val_acc: Option<MeanSd>,
     /// New-LLM only.
     pub train_er: Option<MeanSd>,
@@ -255,7 +261,13 @@ fn one_validation_set(config: &Config, runs: &[CellResult]) -> (Vec<CellResult>,
 fn model_results(kind: ModelKind, runs: &[&CellResult], window: usize) -> ModelResults {
     let mut samples: Vec<usize> = runs.iter().map(|c| c.samples).collect();
     samples.dedup();
-    let cells = samples
+    let per_sample = |s: usize| -> Vec<(&[f64], &[usize])> {
+        runs.iter()
+            .filter(|c| c.samples == s)
+            .map(|c| (&c.val_sample_losses[..], &c.val_sample_positions[..]))
+            .collect()
+    };
+    let mut cells: Vec<CellSummary> = samples
         .iter()
         .map(|&s| {
             let here: Vec<&&CellResult> = runs.iter().filter(|c| c.samples == s).collect();
@@ -263,20 +275,17 @@ fn model_results(kind: ModelKind, runs: &[&CellResult], window: usize) -> ModelR
                 MeanSd::of(&here.iter().map(|c| f(c)).collect::<Vec<f64>>())
             };
             let newllm = kind == ModelKind::NewLlm;
-            let per_sample: Vec<(&[f64], &[usize])> = here
-                .iter()
-                .map(|c| (&c.val_sample_losses[..], &c.val_sample_positions[..]))
-                .collect();
             CellSummary {
                 samples: s,
                 train_tokens: here[0].train_tokens,
                 val_ppl: col(&|c| c.val_ppl),
                 val_ppl_interval: bootstrap_ppl_over_conversations(
-                    &per_sample,
+                    &per_sample(s),
                     BOOTSTRAP_RESAMPLES,
                     BOOTSTRAP_SEED,
                 ),
                 val_set: here[0].val_set.clone(),
+                change_interval: None,
                 val_acc: col(&|c| c.val_acc),
                 train_er: if newllm {
                     col(&|c| c.nl().train_er)
@@ -291,6 +300,16 @@ fn model_results(kind: ModelKind, runs: &[&CellResult], window: usize) -> ModelR
             }
         })
         .collect();
+    for i in 1..cells.len() {
+        if cells[i].val_set == cells[i - 1].val_set && !cells[i].val_set.is_empty() {
+            cells[i].change_interval = bootstrap_ratio_over_conversations(
+                &per_sample(cells[i - 1].samples),
+                &per_sample(cells[i].samples),
+                BOOTSTRAP_RESAMPLES,
+                BOOTSTRAP_SEED,
+            );
+        }
+    }
     let fit_runs: Vec<&&CellResult> = runs
         .iter()
         .filter(|c| c.train_tokens > 0 && c.val_ppl.is_finite() && c.val_ppl > 0.0)

@@ -220,23 +220,9 @@ pub fn bootstrap_ppl_over_conversations(
     resamples: usize,
     seed: u64,
 ) -> Option<ConversationInterval> {
-    let conversations = runs.first()?.0.len();
-    if conversations < 2 {
-        return None;
-    }
-    for (nll, positions) in runs {
-        if nll.len() != conversations || positions.len() != conversations {
-            return None;
-        }
-        if !nll.iter().all(|v| v.is_finite()) || positions.iter().sum::<usize>() == 0 {
-            return None;
-        }
-    }
-    let run_ppl = |nll: &[f64], positions: &[usize]| {
-        (nll.iter().sum::<f64>() / positions.iter().sum::<usize>() as f64).exp()
-    };
-    let ppl_mean = runs.iter().map(|(n, p)| run_ppl(n, p)).sum::<f64>() / runs.len() as f64;
-
+    let conversations = checked_conversations(runs)?;
+    let all: Vec<usize> = (0..conversations).collect();
+    let ppl_mean = drawn_mean_ppl(runs, &all)?;
     // Both buffers are allocated once: the draw is rewritten each resample.
     let mut rng = SplitMix64(seed);
     let mut draw = vec![0usize; conversations];
@@ -245,19 +231,8 @@ pub fn bootstrap_ppl_over_conversations(
         for slot in draw.iter_mut() {
             *slot = rng.below(conversations);
         }
-        let mut sum_ppl = 0.0;
-        let mut usable = true;
-        for (nll, positions) in runs {
-            let drawn_nll: f64 = draw.iter().map(|&c| nll[c]).sum();
-            let drawn_positions: usize = draw.iter().map(|&c| positions[c]).sum();
-            if drawn_positions == 0 {
-                usable = false;
-                break;
-            }
-            sum_ppl += (drawn_nll / drawn_positions as f64).exp();
-        }
-        if usable {
-            means.push(sum_ppl / runs.len() as f64);
+        if let Some(m) = drawn_mean_ppl(runs, &draw) {
+            means.push(m);
         }
     }
     if means.is_empty() || means.len() * 2 < resamples {
@@ -270,6 +245,73 @@ pub fn bootstrap_ppl_over_conversations(
         conversations,
         resamples: means.len(),
     })
+}
+
+/// Percentile 95% interval over validation conversations of the ratio of
+/// two cells' seed-mean Val PPLs (`to` / `from`), both scored on the same
+/// conversations: one draw per resample for every run of both, so what the
+/// two cells share cancels and the interval is that of their difference.
+/// None as for `bootstrap_ppl_over_conversations`, or when the two cells'
+/// runs cover different numbers of conversations.
+pub fn bootstrap_ratio_over_conversations(
+    from: &[(&[f64], &[usize])],
+    to: &[(&[f64], &[usize])],
+    resamples: usize,
+    seed: u64,
+) -> Option<[f64; 2]> {
+    let conversations = checked_conversations(from)?;
+    if checked_conversations(to)? != conversations {
+        return None;
+    }
+    let mut rng = SplitMix64(seed);
+    let mut draw = vec![0usize; conversations];
+    let mut ratios = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        for slot in draw.iter_mut() {
+            *slot = rng.below(conversations);
+        }
+        if let (Some(a), Some(b)) = (drawn_mean_ppl(from, &draw), drawn_mean_ppl(to, &draw)) {
+            ratios.push(b / a);
+        }
+    }
+    if ratios.is_empty() || ratios.len() * 2 < resamples {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some([percentile(&ratios, 0.025), percentile(&ratios, 0.975)])
+}
+
+/// The conversation count every run agrees on, if the runs are usable:
+/// at least 2 conversations, finite losses, some predicted position.
+fn checked_conversations(runs: &[(&[f64], &[usize])]) -> Option<usize> {
+    let conversations = runs.first()?.0.len();
+    if conversations < 2 {
+        return None;
+    }
+    for (nll, positions) in runs {
+        if nll.len() != conversations || positions.len() != conversations {
+            return None;
+        }
+        if !nll.iter().all(|v| v.is_finite()) || positions.iter().sum::<usize>() == 0 {
+            return None;
+        }
+    }
+    Some(conversations)
+}
+
+/// Mean over the runs of each run's PPL on the drawn conversations; None
+/// when the draw has no predicted position.
+fn drawn_mean_ppl(runs: &[(&[f64], &[usize])], draw: &[usize]) -> Option<f64> {
+    let mut sum_ppl = 0.0;
+    for (nll, positions) in runs {
+        let drawn_nll: f64 = draw.iter().map(|&c| nll[c]).sum();
+        let drawn_positions: usize = draw.iter().map(|&c| positions[c]).sum();
+        if drawn_positions == 0 {
+            return None;
+        }
+        sum_ppl += (drawn_nll / drawn_positions as f64).exp();
+    }
+    Some(sum_ppl / runs.len() as f64)
 }
 
 // ---------------------------------------------------------------------------
@@ -834,6 +876,58 @@ mod tests {
                 "{pair:?} {one:?}"
             );
         }
+    }
+
+    /// Two cells on the same conversations: what they share cancels. A cell
+    /// whose every token is 0.1 nats better has PPL ratio e^-0.1 on every
+    /// draw; the interval of a noisier change brackets its point ratio.
+    #[test]
+    fn the_ratio_bootstrap_is_paired_over_conversations() {
+        let (nll, positions) = cell_runs();
+        let better: Vec<Vec<f64>> = nll
+            .iter()
+            .map(|run| {
+                run.iter()
+                    .zip(&positions)
+                    .map(|(l, &p)| l - 0.1 * p as f64)
+                    .collect()
+            })
+            .collect();
+        let from: Vec<(&[f64], &[usize])> = nll.iter().map(|r| (&r[..], &positions[..])).collect();
+        let to: Vec<(&[f64], &[usize])> = better.iter().map(|r| (&r[..], &positions[..])).collect();
+        let [lo, hi] = bootstrap_ratio_over_conversations(&from, &to, 2000, 7).unwrap();
+        let want = (-0.1f64).exp();
+        assert!(
+            (lo - want).abs() < 1e-12 && (hi - want).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        // a change that differs by conversation: an interval around it
+        let mixed: Vec<Vec<f64>> = nll
+            .iter()
+            .map(|run| {
+                run.iter()
+                    .enumerate()
+                    .map(|(i, l)| l * (0.8 + 0.04 * i as f64))
+                    .collect()
+            })
+            .collect();
+        let to: Vec<(&[f64], &[usize])> = mixed.iter().map(|r| (&r[..], &positions[..])).collect();
+        let [lo, hi] = bootstrap_ratio_over_conversations(&from, &to, 2000, 7).unwrap();
+        let point = drawn_mean_ppl(&to, &(0..positions.len()).collect::<Vec<_>>()).unwrap()
+            / drawn_mean_ppl(&from, &(0..positions.len()).collect::<Vec<_>>()).unwrap();
+        assert!(
+            lo < point && point < hi && hi - lo > 1e-3,
+            "{lo} {point} {hi}"
+        );
+        assert_eq!(
+            bootstrap_ratio_over_conversations(&from, &to[..0], 100, 1),
+            None
+        );
+        let short: Vec<(&[f64], &[usize])> = vec![(&nll[0][..3], &positions[..3])];
+        assert_eq!(
+            bootstrap_ratio_over_conversations(&from, &short, 100, 1),
+            None
+        );
     }
 
     #[test]

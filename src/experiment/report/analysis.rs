@@ -79,11 +79,25 @@ pub fn er_seed_spread(r: &SweepResults) -> Option<f64> {
 
 pub fn section_tokens(md: &mut String, r: &SweepResults, v: &Verdicts) {
     *md += "### 2. Token count vs performance\n\n";
+    let newllm = r.models.iter().find(|m| m.model == "newllm");
+    let interval = |samples: usize| {
+        newllm
+            .and_then(|m| m.cells.iter().find(|c| c.samples == samples))
+            .and_then(|c| c.change_interval)
+    };
+    let any_interval = r.cells.iter().any(|c| interval(c.samples).is_some());
     *md += "| Tokens | Val PPL | Val Acc | PPL vs previous cell | Acc vs previous cell |\n|--------|---------|---------|----------------------|----------------------|\n";
     for (i, c) in r.cells.iter().enumerate() {
         let (dp, da) = match i.checked_sub(1).map(|j| &r.cells[j]) {
             Some(p) => (
-                change_pct(p.val_ppl, c.val_ppl),
+                change_pct(p.val_ppl, c.val_ppl)
+                    + &interval(c.samples).map_or(String::new(), |[lo, hi]| {
+                        format!(
+                            " [{:+.1}%, {:+.1}%]",
+                            (lo - 1.0) * 100.0,
+                            (hi - 1.0) * 100.0
+                        )
+                    }),
                 format!("{:+.1} points", (c.val_acc - p.val_acc) * 100.0),
             ),
             None => ("-".to_string(), "-".to_string()),
@@ -96,6 +110,9 @@ pub fn section_tokens(md: &mut String, r: &SweepResults, v: &Verdicts) {
         );
     }
     *md += "\n";
+    if any_interval {
+        *md += "The brackets: the change's 95% interval over validation conversations (both cells scored on the same conversations, one draw for both), the validation set's own error in the difference.\n\n";
+    }
     let (Some(first), Some(last)) = (r.cells.first(), r.cells.last()) else {
         return;
     };
@@ -202,8 +219,10 @@ pub fn section_conclusion(md: &mut String, r: &SweepResults, v: &Verdicts) {
         );
     }
     let related = v.er == ErRelation::Related;
+    let noise = matches!(v.er, ErRelation::WithinSeedNoise { .. });
     *md += "\nVerdict: ";
     *md += match (v.tokens, related) {
+        (Scaling::Falls, false) if noise => "token count is the dominant factor in this sweep: PPL falls significantly with it, while ER moves between cells no more than between seeds, so no relation with ER counts as evidence.",
         (Scaling::Falls, false) => "token count is the dominant factor in this sweep: PPL falls significantly with it, and no significant relation between ER and performance was found.",
         (Scaling::Falls, true) => "both token count and ER relate significantly to performance here; ER also grows with the cells, so the two are not separated by this sweep.",
         (Scaling::Rises, _) if v.tail => "PPL rises significantly with more training data, the opposite of data scaling; with tail validation the likeliest cause is the validation text itself changing with N (the n-gram's PPL per cell above measures that), so no conclusion about data scaling can be drawn from this sweep.",
@@ -452,7 +471,7 @@ pub fn section_recommendations(md: &mut String, r: &SweepResults, d: &Diagnostic
     if let Some(why) = why {
         let other = !c.token_input_all_layers;
         recs.push(format!(
-            "Compare the other ContextBlock structure: {why}, so run `token_input_all_layers = {other}` under identical conditions to see whether a different ER level changes Phase 2.\n\n   `{}`",
+            "Compare the other ContextBlock structure: {why}. Run `token_input_all_layers = {other}` under identical conditions to see whether a different ER level changes Phase 2.\n\n   `{}`",
             compare_command(c, "token_input_all_layers", &[c.token_input_all_layers.to_string(), other.to_string()])
         ));
     }

@@ -74,7 +74,7 @@ pub fn section_validation(md: &mut String, r: &SweepResults) {
                         })
                         .collect();
                     *md += &format!(
-                        "The Kneser-Ney n-gram depends on nothing but the data; its Val PPL per cell, {}, shows how much the text alone moves (on one fixed set it can only fall as its training data grows).",
+                        "The Kneser-Ney n-gram depends on nothing but the data; its Val PPL per cell, {}, shows how much the text alone moves (on one fixed set it falls steadily as its training data grows: BENCHMARKS.md, \"Validation set size\").",
                         ppl.join(", ")
                     );
                 }
@@ -148,14 +148,22 @@ fn section_windows(md: &mut String, m: &ModelResults, v: &Verdicts) {
             m.cells.len()
         );
     } else {
-        *md += "| Tokens | alpha (95% CI) | R^2 | Runs |\n|---|---|---|---|\n";
+        *md += "| Samples | Tokens | alpha (95% CI) | R^2 | Runs |\n|---|---|---|---|---|\n";
+        let samples = |t: f64| {
+            m.cells
+                .iter()
+                .find(|c| c.train_tokens as f64 == t)
+                .map_or("?".to_string(), |c| c.samples.to_string())
+        };
         for w in &a.windows {
             let ci = w
                 .fit
                 .alpha_ci95
                 .map_or(String::new(), |[lo, hi]| format!(" [{lo:.3}, {hi:.3}]"));
             *md += &format!(
-                "| {}-{} | {:.3}{ci} | {} | {} |\n",
+                "| {}-{} | {}-{} | {:.3}{ci} | {} | {} |\n",
+                samples(w.first_tokens),
+                samples(w.last_tokens),
                 short_number(w.first_tokens),
                 short_number(w.last_tokens),
                 w.fit.alpha,
