@@ -4,7 +4,8 @@
 #
 #   scripts/device-check.sh [BIN] [GOLDEN_DIR] [OUT_DIR]
 #
-# defaults: dist/newllm, dist/golden (a copy of ../shared/golden), $OUT or
+# defaults: dist/newllm, tests/golden (tracked, so it travels with the
+# working tree), $OUT or
 # /tmp/device-check. Steps:
 #   1. golden parity on the GPU (newllm golden --device cuda, the checks of
 #      tests/golden.rs, one line per quantity)
@@ -13,17 +14,16 @@
 # then one table: per-stage seconds per cell, tokens/s, peak GPU memory.
 # Exit status: non-zero if any step failed.
 #
-# Preparing the run from a machine with the Rust toolchain (the binary and a
-# copy of the golden data travel as ignored paths, 64 MiB in all):
+# Preparing the run from a machine with the Rust toolchain (the binary
+# travels as an ignored path):
 #   cargo build --release --features cuda
 #   mkdir -p dist && cp target/release/newllm dist/ && strip dist/newllm
-#   cp -r ../shared/golden dist/golden
 # then on the GPU machine, from the repository root: scripts/device-check.sh
 # (NEWLLM_CUDA_GRAPHS=0 runs the recurrent pass without CUDA graphs.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-dist/newllm}
-GOLDEN=${2:-dist/golden}
+GOLDEN=${2:-tests/golden}
 OUT=${3:-${OUT:-/tmp/device-check}}
 SEQ_TOKENS=${SEQ_TOKENS:-5000}
 mkdir -p "$OUT"

@@ -2,7 +2,7 @@
 //! reports and the full config. Written by each model's cell runner; read by
 //! the experiment code (sweep, statistics, report).
 
-use crate::config::Config;
+use crate::config::{Config, ModelKind};
 use serde::{Deserialize, Serialize};
 
 /// One Phase-1 iteration (iteration 1 is the init and has no losses).
@@ -91,7 +91,7 @@ impl<'de> Deserialize<'de> for Timings {
 }
 
 /// What only New-LLM records: the Effective Rank of its contexts and the
-/// Phase-1 log (ALGORITHM.md sections 3 and 6).
+/// Phase-1 log (docs/algorithm.md sections 3 and 6).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NewLlmResult {
     /// Effective Rank as a fraction of context_dim (train = final Phase-1 prev).
@@ -119,10 +119,6 @@ static NO_NEWLLM_PART: NewLlmResult = NewLlmResult {
     phase1: Vec::new(),
 };
 
-fn newllm_name() -> String {
-    "newllm".into()
-}
-
 fn cpu_name() -> String {
     "cpu".into()
 }
@@ -133,8 +129,8 @@ fn cpu_name() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
     /// Which model: "newllm", "kn" or "transformer".
-    #[serde(default = "newllm_name")]
-    pub model: String,
+    #[serde(default)]
+    pub model: ModelKind,
     /// Replicate index: the run used seed = base seed + replicate (recorded
     /// in `config.seed`).
     #[serde(default)]
@@ -198,7 +194,7 @@ pub struct CellResult {
 impl Default for CellResult {
     fn default() -> Self {
         CellResult {
-            model: newllm_name(),
+            model: ModelKind::NewLlm,
             replicate: 0,
             ran_on: cpu_name(),
             samples: 0,
@@ -250,7 +246,7 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         let r: CellResult = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            (r.model.as_str(), r.replicate, r.ran_on.as_str()),
+            (r.model.name(), r.replicate, r.ran_on.as_str()),
             ("newllm", 0, "cpu")
         );
         assert_eq!((r.samples, r.train_tokens, r.best_epoch), (500, 203_878, 2));
@@ -275,7 +271,7 @@ mod tests {
     #[test]
     fn results_without_a_model_part_round_trip() {
         let r = CellResult {
-            model: "kn".into(),
+            model: ModelKind::Kn,
             samples: 3,
             val_ppl: 12.5,
             ..CellResult::default()

@@ -1,5 +1,5 @@
 //! One config struct for everything a run depends on. Defaults reproduce the
-//! seed document's run (ALGORITHM.md sections 1-7); presets are small TOML
+//! seed document's run (docs/algorithm.md sections 1-7); presets are small TOML
 //! files that override some fields; `--set key=value` overrides any field.
 //! Every result file records the full config it ran with.
 
@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// How Phase 1 iteration 1 builds `prev` (ALGORITHM.md section 3).
+/// How Phase 1 iteration 1 builds `prev` (docs/algorithm.md section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase1Init {
@@ -30,7 +30,99 @@ pub enum ValMode {
     Heldout,
 }
 
-/// How the Phase-2 training context cache is built (ALGORITHM.md section 4).
+/// A model the experiment can train on a cell (the names results, configs
+/// and the command line use: "newllm", "kn", "transformer").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    #[default]
+    NewLlm,
+    /// Interpolated modified Kneser-Ney n-gram (`models/kn/`).
+    Kn,
+    /// GPT-2-style decoder (`models/transformer/`).
+    Transformer,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 3] = [ModelKind::NewLlm, ModelKind::Kn, ModelKind::Transformer];
+
+    /// The name results and configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::NewLlm => "newllm",
+            ModelKind::Kn => "kn",
+            ModelKind::Transformer => "transformer",
+        }
+    }
+
+    /// The name a report shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            ModelKind::NewLlm => "New-LLM",
+            ModelKind::Kn => "Kneser-Ney",
+            ModelKind::Transformer => "Transformer",
+        }
+    }
+
+    /// Whether a run depends on the seed (a deterministic model runs once
+    /// per cell, whatever `replicates` says).
+    pub fn seeded(self) -> bool {
+        self != ModelKind::Kn
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<ModelKind, String> {
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown model {s:?}: choose newllm, kn or transformer"))
+    }
+}
+
+/// Where New-LLM's training stages run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    /// An NVIDIA GPU (a build with `--features cuda`).
+    Cuda,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            _ => Err(format!("unknown device {s:?}: choose cpu or cuda")),
+        }
+    }
+}
+
+/// How the Phase-2 training context cache is built (docs/algorithm.md section 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainCache {
@@ -116,7 +208,7 @@ pub struct Config {
     /// Worker threads; 0 = all cores.
     pub threads: usize,
     /// "cpu" or "cuda".
-    pub device: String,
+    pub device: Device,
     /// device = "cuda" only: let cuBLAS use TF32 tensor cores for the GEMMs
     /// (faster, ~1e-3 relative error; off keeps f32 parity with the CPU).
     pub cuda_allow_tf32: bool,
@@ -134,7 +226,7 @@ pub struct Config {
     /// Standard models trained and evaluated on each cell's exact split next
     /// to New-LLM: any of "kn" (interpolated modified Kneser-Ney n-gram) and
     /// "transformer" (GPT-2-style decoder); [] = New-LLM alone.
-    pub baselines: Vec<String>,
+    pub baselines: Vec<ModelKind>,
     /// Runs per cell with seeds seed, seed + 1, ... (New-LLM and the
     /// transformer: init, Phase-1 noise; the data and split are unchanged).
     /// The n-gram is deterministic and runs once.
@@ -197,10 +289,10 @@ impl Default for Config {
             phase2_gradient_clip: 1.0,
             effective_rank_max_rows: 10000,
             threads: 0,
-            device: "cpu".to_string(),
+            device: Device::Cpu,
             cuda_allow_tf32: false,
             state_interval_seconds: 0.0,
-            baselines: vec!["kn".to_string(), "transformer".to_string()],
+            baselines: vec![ModelKind::Kn, ModelKind::Transformer],
             replicates: 2,
             kn_order: 4,
             transformer_layers: 0,
@@ -295,18 +387,12 @@ impl Config {
         {
             bail!("use_weight_tying needs the last token width to equal embed_dim");
         }
-        if self.device != "cpu" && self.device != "cuda" {
-            bail!(
-                "config field device must be \"cpu\" or \"cuda\", got {:?}",
-                self.device
-            );
-        }
         for (i, b) in self.baselines.iter().enumerate() {
-            if !BASELINES.contains(&b.as_str()) {
-                bail!("config field baselines: unknown model {b:?}; choose from {BASELINES:?} (or [] for none)");
+            if *b == ModelKind::NewLlm {
+                bail!("config field baselines: newllm is the model itself, not a baseline; choose from [\"kn\", \"transformer\"] (or [] for none)");
             }
             if self.baselines[..i].contains(b) {
-                bail!("config field baselines names {b:?} twice");
+                bail!("config field baselines names {:?} twice", b.name());
             }
         }
         if !self.transformer_dim.is_multiple_of(self.transformer_heads) {
@@ -352,7 +438,7 @@ impl Config {
         Config {
             threads: 0,
             state_interval_seconds: 0.0,
-            device: String::new(),
+            device: Device::Cpu,
             sample_counts: Vec::new(),
             replicates: 0,
             // The report's, read when it is written.
@@ -374,7 +460,7 @@ impl Config {
         self.num_input_tokens * self.embed_dim
     }
 
-    /// Context widths d_0..d_L (ALGORITHM.md section 2). In false mode
+    /// Context widths d_0..d_L (docs/algorithm.md section 2). In false mode
     /// d_i = (C + kE) - (kE * i) / L; d_0 is the width of layer 0's
     /// concatenated input. In true mode every layer keeps C (d_0 = C).
     pub fn context_dims(&self) -> Vec<usize> {
@@ -422,9 +508,6 @@ impl Config {
         }
     }
 }
-
-/// The baseline models `baselines` may name.
-pub const BASELINES: [&str; 2] = ["kn", "transformer"];
 
 /// Presets compiled in from `presets/*.toml`, so the binary works from anywhere.
 pub const PRESETS: &[(&str, &str)] = &[

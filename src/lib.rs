@@ -1,6 +1,5 @@
 //! newllm: the New-LLM language model (fixed-point ContextBlock + TokenBlock)
-//! and its scaling experiments. See ../shared/spec/ALGORITHM.md for the
-//! algorithm.
+//! and its scaling experiments. See docs/algorithm.md for the algorithm.
 //!
 //! `models/` holds each model top to bottom (`models/newllm/`); `experiment/`
 //! runs cells, sweeps and comparisons and writes the analysis without knowing

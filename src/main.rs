@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use newllm::config::Config;
+use newllm::config::{Config, Device};
 use newllm::experiment::cell::{run_cell, summary_line};
 use newllm::experiment::grid::{self, Grid};
 use newllm::experiment::report::baselines::mean_sd;
@@ -12,7 +12,7 @@ use newllm::experiment::sweep;
 use newllm::memory::gib;
 use newllm::models::newllm::{checkpoint, generate, golden};
 use newllm::models::{CellPaths, ModelKind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -57,106 +57,125 @@ impl RunArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train one cell of one model (New-LLM: Phase 1 -> caches -> ER -> Phase 2) and print its summary.
-    Train {
-        #[command(flatten)]
-        run: RunArgs,
-        /// Samples (conversations) to use; default = the config's largest sample count.
-        #[arg(long)]
-        samples: Option<usize>,
-        /// Output directory for the log, checkpoint and result JSON.
-        #[arg(long, default_value = "runs/train")]
-        out: PathBuf,
-        /// Which model: newllm, kn or transformer.
-        #[arg(long, default_value = "newllm")]
-        model: String,
-    },
+    Train(TrainArgs),
     /// Run the scaling sweep: one cell per sample count, resumable; writes
     /// DIR/results.json, DIR/report.md and plots.
-    Sweep {
-        #[command(flatten)]
-        run: RunArgs,
-        #[arg(long, default_value = "runs/sweep")]
-        out: PathBuf,
-        /// Run only this cell (0-based index into sample_counts), e.g. one Slurm array task each.
-        #[arg(long)]
-        cell: Option<usize>,
-    },
+    Sweep(SweepArgs),
     /// Merge the finished cells of a sweep directory into results.json and
     /// report.md (a comparison's directory: every config's report and compare.md).
     Report { dir: PathBuf },
     /// The same cells under two or more configs (identical data and seeds):
     /// each config a full sweep in DIR/<config>/, baselines once per distinct
     /// configuration, one report DIR/compare.md.
-    Compare {
-        #[command(flatten)]
-        run: RunArgs,
-        /// key=v1,v2[,...]: one config per value, e.g. token_input_all_layers=true,false;
-        /// repeat for a grid (the cartesian product), e.g. --vary num_layers=1,2 --vary num_input_tokens=1,2.
-        #[arg(long, conflicts_with = "presets")]
-        vary: Vec<String>,
-        /// Two or more presets (names or .toml files), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        presets: Vec<String>,
-        #[arg(long, default_value = "runs/compare")]
-        out: PathBuf,
-        /// Run only this config (0-based, in the order the grid lists them), e.g. one Slurm array task each.
-        #[arg(long)]
-        config: Option<usize>,
-        /// Run only this cell of each config run (0-based index into sample_counts).
-        #[arg(long)]
-        cell: Option<usize>,
-    },
+    Compare(CompareArgs),
     /// Time each stage against this machine's GEMM peak and memory bandwidth
     /// (measured in the same process), and a resume-state write in the JSON's
     /// folder; prints a table and writes JSON.
-    Bench {
-        /// Model preset to time (default: the seed's 6 x 768 model).
-        #[arg(long, default_value = "seed")]
-        preset: String,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Phase-2 batch rows.
-        #[arg(long, default_value_t = 1024)]
-        batch: usize,
-        /// Tokens for the sequential-pass timing.
-        #[arg(long, default_value_t = 200)]
-        seq_tokens: usize,
-        #[arg(long, default_value = "runs/bench.json")]
-        out: PathBuf,
-    },
-    /// The golden checks (src/golden.rs, also run by cargo test) on a device, one line per
-    /// quantity; exits non-zero if any fails. For machines with only the binary.
-    Golden {
-        /// Directory holding the golden cases (NAME.safetensors + NAME.json).
-        #[arg(long, default_value = "../shared/golden")]
-        dir: PathBuf,
-        /// cpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Cases to run (default: all four).
-        #[arg(long, value_delimiter = ',')]
-        cases: Vec<String>,
-    },
+    Bench(BenchArgs),
+    /// The golden checks (src/models/newllm/golden.rs, also run by cargo test)
+    /// on a device, one line per quantity; exits non-zero if any fails. For
+    /// machines with only the binary.
+    Golden(GoldenArgs),
     /// Corpus tools.
     Data {
         #[command(subcommand)]
         cmd: DataCmd,
     },
     /// Sample text from a trained checkpoint.
-    Generate {
-        #[arg(long)]
-        checkpoint: PathBuf,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long, default_value_t = 50)]
-        max_tokens: usize,
-        #[arg(long, default_value_t = 0.8)]
-        temperature: f64,
-        #[arg(long, default_value_t = 40)]
-        top_k: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-    },
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Samples (conversations) to use; default = the config's largest sample count.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Output directory for the log, checkpoint and result JSON.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Which model: newllm, kn or transformer.
+    #[arg(long, default_value = "newllm")]
+    model: ModelKind,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long, default_value = "runs/sweep")]
+    out: PathBuf,
+    /// Run only this cell (0-based index into sample_counts), e.g. one Slurm array task each.
+    #[arg(long)]
+    cell: Option<usize>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// key=v1,v2[,...]: one config per value, e.g. token_input_all_layers=true,false;
+    /// repeat for a grid (the cartesian product), e.g. --vary num_layers=1,2 --vary num_input_tokens=1,2.
+    #[arg(long, conflicts_with = "presets")]
+    vary: Vec<String>,
+    /// Two or more presets (names or .toml files), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    presets: Vec<String>,
+    #[arg(long, default_value = "runs/compare")]
+    out: PathBuf,
+    /// Run only this config (0-based, in the order the grid lists them), e.g. one Slurm array task each.
+    #[arg(long)]
+    config: Option<usize>,
+    /// Run only this cell of each config run (0-based index into sample_counts).
+    #[arg(long)]
+    cell: Option<usize>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model preset to time (default: the seed's 6 x 768 model).
+    #[arg(long, default_value = "seed")]
+    preset: String,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Phase-2 batch rows.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Tokens for the sequential-pass timing.
+    #[arg(long, default_value_t = 200)]
+    seq_tokens: usize,
+    #[arg(long, default_value = "runs/bench.json")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct GoldenArgs {
+    /// Directory holding the golden cases (NAME.safetensors.gz + NAME.json; tests/golden in the repository).
+    #[arg(long, default_value = "tests/golden")]
+    dir: PathBuf,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Cases to run (default: all four).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 50)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -177,14 +196,13 @@ enum DataCmd {
 
 /// The summary table (every model, mean +/- sd over seeds) and each
 /// model's scaling line on stdout.
-fn print_sweep(r: &SweepResults, dir: &std::path::Path) {
-    let label = |m: &str| ModelKind::from_name(m).map_or(m.to_string(), |k| k.label().to_string());
+fn print_sweep(r: &SweepResults, dir: &Path) {
     let mut head = "| Samples | Tokens |".to_string();
     for m in &r.models {
         head += &format!(
             " {} Val PPL | {} Val Acc |",
-            label(&m.model),
-            label(&m.model)
+            m.model.label(),
+            m.model.label()
         );
     }
     head += " New-LLM Val ER |";
@@ -205,7 +223,7 @@ fn print_sweep(r: &SweepResults, dir: &std::path::Path) {
     }
     for m in &r.models {
         if let Some(f) = &m.scaling {
-            println!("{}: {}", label(&m.model), alpha_sentence(f));
+            println!("{}: {}", m.model.label(), alpha_sentence(f));
         }
     }
     println!("report: {}", dir.join("report.md").display());
@@ -225,141 +243,18 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if matches!(
-        cli.cmd,
-        Cmd::Train { .. } | Cmd::Sweep { .. } | Cmd::Compare { .. }
-    ) {
+    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Sweep(_) | Cmd::Compare(_)) {
         newllm::stop::install()?;
         // Before anything long: a resume must know the build that started.
         newllm::state::code_id()?;
     }
     match cli.cmd {
-        Cmd::Train {
-            run,
-            samples,
-            out,
-            model,
-        } => {
-            let cfg = run.config()?;
-            let kind = ModelKind::from_name(&model)
-                .with_context(|| format!("--model {model:?}: choose newllm, kn or transformer"))?;
-            let samples =
-                samples.unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
-            let r = run_cell(kind, &cfg, samples, &out, &run.cache_dir)?;
-            println!("{}", summary_line(&r));
-            let stages: Vec<String> = r
-                .seconds
-                .0
-                .iter()
-                .filter(|(k, _)| k != "total")
-                .map(|(k, v)| format!("{k} {v:.1}s"))
-                .collect();
-            let iterations = r.newllm.as_ref().map_or(String::new(), |n| {
-                format!(" | {} Phase-1 iterations", n.phase1_iterations)
-            });
-            println!(
-                "stages: {}{iterations} | peak RSS {} (predicted {})",
-                stages.join(" | "),
-                gib(r.measured_peak_bytes),
-                gib(r.predicted_peak_bytes)
-            );
-            println!(
-                "result: {}",
-                CellPaths::new(&out, kind, samples, 0).result.display()
-            );
-        }
-        Cmd::Sweep { run, out, cell } => {
-            let cfg = run.config()?;
-            let t0 = std::time::Instant::now();
-            if let Some(r) = sweep::run_sweep(&cfg, &out, &run.cache_dir, cell)? {
-                print_sweep(&r, &out);
-                println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
-            }
-        }
-        Cmd::Report { dir } => {
-            let done = grid::report_dir(&dir)?;
-            match &done[..] {
-                [(_, r)] if !dir.join("grid.json").exists() => print_sweep(r, &dir),
-                _ => println!("comparison: {}", dir.join("compare.md").display()),
-            }
-        }
-        Cmd::Compare {
-            run,
-            vary,
-            presets,
-            out,
-            config,
-            cell,
-        } => {
-            let g = if presets.is_empty() {
-                Grid::vary(&run.config()?, &vary)?
-            } else {
-                if presets.len() < 2 {
-                    anyhow::bail!("compare needs --vary key=v1,v2 or --presets a,b (two or more)");
-                }
-                let configs = presets
-                    .iter()
-                    .map(|p| {
-                        RunArgs {
-                            preset: p.clone(),
-                            ..run.clone()
-                        }
-                        .config()
-                        .map(|c| (p.clone(), c))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Grid::presets(configs)
-            };
-            let t0 = std::time::Instant::now();
-            let done = grid::run_grid(&g, &out, &run.cache_dir, config, cell)?;
-            if done.is_none() {
-                println!(
-                    "some runs are still to do; `newllm report {}` merges what is there",
-                    out.display()
-                );
-            }
-            println!("comparison: {}", out.join("compare.md").display());
-            println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
-        }
-        Cmd::Bench {
-            preset,
-            sets,
-            batch,
-            seq_tokens,
-            out,
-        } => {
-            let cfg = RunArgs {
-                preset,
-                corpus: None,
-                sets,
-                cache_dir: PathBuf::new(),
-            }
-            .config()?;
-            let dir = out
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let r = newllm::bench::run(&cfg, batch, seq_tokens, dir)?;
-            print!("{}", newllm::bench::table(&r));
-            if let Some(parent) = out.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            newllm::io::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
-            println!("json: {}", out.display());
-        }
-        Cmd::Golden { dir, device, cases } => {
-            let names: Vec<&str> = if cases.is_empty() {
-                golden::CASES.to_vec()
-            } else {
-                cases.iter().map(String::as_str).collect()
-            };
-            let checks = golden::run_all(&dir, &device, &names)?;
-            print!("{}", golden::table(&checks));
-            let failed = checks.iter().filter(|c| !c.pass).count();
-            if failed > 0 {
-                anyhow::bail!("{failed} golden checks failed on device {device}");
-            }
-        }
+        Cmd::Train(a) => train(a),
+        Cmd::Sweep(a) => run_sweep(a),
+        Cmd::Report { dir } => report(&dir),
+        Cmd::Compare(a) => compare(a),
+        Cmd::Bench(a) => bench(a),
+        Cmd::Golden(a) => golden_checks(a),
         Cmd::Data {
             cmd:
                 DataCmd::Inspect {
@@ -376,25 +271,146 @@ fn run(cli: Cli) -> Result<()> {
                 &cache_dir,
             )?;
             print!("{text}");
+            Ok(())
         }
-        Cmd::Generate {
-            checkpoint,
-            prompt,
-            max_tokens,
-            temperature,
-            top_k,
-            seed,
-        } => {
-            let model = checkpoint::load_checkpoint(&checkpoint)?;
-            let tok = newllm::data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
-            let s = generate::Sampling {
-                max_tokens,
-                temperature,
-                top_k,
-                seed,
-            };
-            println!("{prompt}{}", generate::generate(&model, &tok, &prompt, &s)?);
-        }
+        Cmd::Generate(a) => generate_text(a),
     }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let cfg = a.run.config()?;
+    let samples = a
+        .samples
+        .unwrap_or_else(|| cfg.sample_counts.iter().copied().max().unwrap_or(1));
+    let r = run_cell(a.model, &cfg, samples, &a.out, &a.run.cache_dir)?;
+    println!("{}", summary_line(&r));
+    let stages: Vec<String> = r
+        .seconds
+        .0
+        .iter()
+        .filter(|(k, _)| k != "total")
+        .map(|(k, v)| format!("{k} {v:.1}s"))
+        .collect();
+    let iterations = r.newllm.as_ref().map_or(String::new(), |n| {
+        format!(" | {} Phase-1 iterations", n.phase1_iterations)
+    });
+    println!(
+        "stages: {}{iterations} | peak RSS {} (predicted {})",
+        stages.join(" | "),
+        gib(r.measured_peak_bytes),
+        gib(r.predicted_peak_bytes)
+    );
+    println!(
+        "result: {}",
+        CellPaths::new(&a.out, a.model, samples, 0).result.display()
+    );
+    Ok(())
+}
+
+fn run_sweep(a: SweepArgs) -> Result<()> {
+    let cfg = a.run.config()?;
+    let t0 = std::time::Instant::now();
+    if let Some(r) = sweep::run_sweep(&cfg, &a.out, &a.run.cache_dir, a.cell)? {
+        print_sweep(&r, &a.out);
+        println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn report(dir: &Path) -> Result<()> {
+    let done = grid::report_dir(dir)?;
+    match &done[..] {
+        [(_, r)] if !dir.join("grid.json").exists() => print_sweep(r, dir),
+        _ => println!("comparison: {}", dir.join("compare.md").display()),
+    }
+    Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    let g = if a.presets.is_empty() {
+        Grid::vary(&a.run.config()?, &a.vary)?
+    } else {
+        if a.presets.len() < 2 {
+            anyhow::bail!("compare needs --vary key=v1,v2 or --presets a,b (two or more)");
+        }
+        let configs = a
+            .presets
+            .iter()
+            .map(|p| {
+                RunArgs {
+                    preset: p.clone(),
+                    ..a.run.clone()
+                }
+                .config()
+                .map(|c| (p.clone(), c))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Grid::presets(configs)
+    };
+    let t0 = std::time::Instant::now();
+    let done = grid::run_grid(&g, &a.out, &a.run.cache_dir, a.config, a.cell)?;
+    if done.is_none() {
+        println!(
+            "some runs are still to do; `newllm report {}` merges what is there",
+            a.out.display()
+        );
+    }
+    println!("comparison: {}", a.out.join("compare.md").display());
+    println!("wall time {:.1}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let cfg = RunArgs {
+        preset: a.preset,
+        corpus: None,
+        sets: a.sets,
+        cache_dir: PathBuf::new(),
+    }
+    .config()?;
+    let dir = a
+        .out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let r = newllm::bench::run(&cfg, a.batch, a.seq_tokens, dir)?;
+    print!("{}", newllm::bench::table(&r));
+    if let Some(parent) = a.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    newllm::io::write_atomic(&a.out, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    println!("json: {}", a.out.display());
+    Ok(())
+}
+
+fn golden_checks(a: GoldenArgs) -> Result<()> {
+    let names: Vec<&str> = if a.cases.is_empty() {
+        golden::CASES.to_vec()
+    } else {
+        a.cases.iter().map(String::as_str).collect()
+    };
+    let checks = golden::run_all(&a.dir, a.device, &names)?;
+    print!("{}", golden::table(&checks));
+    let failed = checks.iter().filter(|c| !c.pass).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} golden checks failed on device {}", a.device);
+    }
+    Ok(())
+}
+
+fn generate_text(a: GenerateArgs) -> Result<()> {
+    let model = checkpoint::load_checkpoint(&a.checkpoint)?;
+    let tok = newllm::data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
+    let s = generate::Sampling {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    println!(
+        "{}{}",
+        a.prompt,
+        generate::generate(&model, &tok, &a.prompt, &s)?
+    );
     Ok(())
 }

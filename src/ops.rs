@@ -533,103 +533,6 @@ fn cross_entropy_rows(
     })
 }
 
-/// The Phase-1 losses and gradient coefficients of a batch from its sums:
-/// `sq` = sum (out - prev)^2, `frob_sq` = sum (out - mean_rows(out))^2 over a
-/// rows x c batch. Returns (cvfp, div, a, b) with cvfp = sq / (rows c),
-/// div = -||out - mean||_F / rows, and dout = a (out - prev) - b (out - mean)
-/// for the loss `scale * ((1 - w) cvfp + w div)`. Shared by the CPU and the
-/// GPU, so both weigh the two terms identically.
-pub fn phase1_loss_terms(
-    sq: f64,
-    frob_sq: f64,
-    rows: usize,
-    c: usize,
-    w: f64,
-    scale: f64,
-) -> (f64, f64, f32, f32) {
-    let frob = frob_sq.sqrt();
-    let cvfp = sq / (rows * c) as f64;
-    let div = -frob / rows as f64;
-    // d cvfp/d out = 2 (out - prev) / (rows c); d div/d out = -(out - mean) / (||.|| rows)
-    // (the mean's own dependence cancels because centred columns sum to zero).
-    let a = (scale * (1.0 - w) * 2.0 / (rows * c) as f64) as f32;
-    let b = if frob > 0.0 {
-        (scale * w / (frob * rows as f64)) as f32
-    } else {
-        0.0
-    };
-    (cvfp, div, a, b)
-}
-
-/// The Phase-1 loss: (1 - w) cvfp + w div.
-pub fn phase1_total_loss(cvfp: f64, div: f64, w: f64) -> f64 {
-    (1.0 - w) * cvfp + w * div
-}
-
-/// Whether a row has converged: its mean squared change is strictly below
-/// the threshold (ALGORITHM.md section 3).
-pub fn row_converged(row_sq: f64, c: usize, threshold: f64) -> bool {
-    row_sq / (c as f64) < threshold
-}
-
-/// Phase-1 losses of one batch (ALGORITHM.md section 3) and their gradient.
-/// `out`, `prev`: rows x c. Returns (cvfp, div, converged rows) where
-/// cvfp = mean((out - prev)^2), div = -||out - mean_rows(out)||_F / rows.
-/// Writes `dout = scale * ((1 - w) dcvfp + w ddiv)` when `dout` is given.
-/// `col_mean` is caller scratch of c values (nothing is allocated here).
-#[allow(clippy::too_many_arguments)]
-pub fn phase1_losses(
-    out: &[f32],
-    prev: &[f32],
-    c: usize,
-    w: f64,
-    threshold: f64,
-    scale: f64,
-    col_mean: &mut [f64],
-    dout: Option<&mut [f32]>,
-) -> (f64, f64, usize) {
-    let rows = out.len() / c;
-    let col_mean = &mut col_mean[..c];
-    col_mean.fill(0.0);
-    let mut sq = 0.0f64;
-    let mut converged = 0;
-    for (o, p) in out.chunks_exact(c).zip(prev.chunks_exact(c)) {
-        let mut row_sq = 0.0f64;
-        for i in 0..c {
-            let d = (o[i] - p[i]) as f64;
-            row_sq += d * d;
-            col_mean[i] += o[i] as f64;
-        }
-        if row_converged(row_sq, c, threshold) {
-            converged += 1;
-        }
-        sq += row_sq;
-    }
-    for m in col_mean.iter_mut() {
-        *m /= rows as f64;
-    }
-    let mut frob_sq = 0.0f64;
-    for o in out.chunks_exact(c) {
-        for i in 0..c {
-            let d = o[i] as f64 - col_mean[i];
-            frob_sq += d * d;
-        }
-    }
-    let (cvfp, div, a, b) = phase1_loss_terms(sq, frob_sq, rows, c, w, scale);
-    if let Some(dout) = dout {
-        for ((d, o), p) in dout
-            .chunks_exact_mut(c)
-            .zip(out.chunks_exact(c))
-            .zip(prev.chunks_exact(c))
-        {
-            for i in 0..c {
-                d[i] = a * (o[i] - p[i]) - b * (o[i] - col_mean[i] as f32);
-            }
-        }
-    }
-    (cvfp, div, converged)
-}
-
 /// Global L2 norm of the gradient; scales it by min(1, clip / (norm + 1e-6)).
 /// Returns the norm before clipping.
 pub fn clip_grad_norm(grad: &mut [f32], clip: f64) -> f64 {
@@ -656,6 +559,21 @@ pub struct Adam {
     pub t: u32,
 }
 
+/// Adam's decay rates and epsilon: PyTorch's defaults. The GPU's
+/// `adam_step` kernel writes the same values as literals (checked by a test).
+pub const ADAM_BETA1: f64 = 0.9;
+pub const ADAM_BETA2: f64 = 0.999;
+pub const ADAM_EPS: f32 = 1e-8;
+
+/// Step size and second-moment bias correction of Adam's step `t` (1-based):
+/// (lr / (1 - beta1^t), sqrt(1 - beta2^t)), in f64 then rounded once.
+pub fn adam_scales(lr: f64, t: u32) -> (f32, f32) {
+    (
+        (lr / (1.0 - ADAM_BETA1.powi(t as i32))) as f32,
+        (1.0 - ADAM_BETA2.powi(t as i32)).sqrt() as f32,
+    )
+}
+
 impl Adam {
     pub fn new(len: usize, lr: f64) -> Self {
         Adam {
@@ -667,11 +585,10 @@ impl Adam {
     }
 
     pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
-        const B1: f64 = 0.9;
-        const B2: f64 = 0.999;
         self.t += 1;
-        let step = (self.lr / (1.0 - B1.powi(self.t as i32))) as f32;
-        let bc2 = (1.0 - B2.powi(self.t as i32)).sqrt() as f32;
+        let (step, bc2) = adam_scales(self.lr, self.t);
+        let (b1, b2) = (ADAM_BETA1 as f32, ADAM_BETA2 as f32);
+        let (c1, c2) = ((1.0 - ADAM_BETA1) as f32, (1.0 - ADAM_BETA2) as f32);
         let chunk = 1 << 16;
         use rayon::prelude::*;
         params
@@ -684,9 +601,9 @@ impl Adam {
             )
             .for_each(|((p, g), (m, v))| {
                 for i in 0..p.len() {
-                    m[i] = 0.9 * m[i] + 0.1 * g[i];
-                    v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
-                    p[i] -= step * m[i] / (v[i].sqrt() / bc2 + 1e-8);
+                    m[i] = b1 * m[i] + c1 * g[i];
+                    v[i] = b2 * v[i] + c2 * g[i] * g[i];
+                    p[i] -= step * m[i] / (v[i].sqrt() / bc2 + ADAM_EPS);
                 }
             });
     }

@@ -51,7 +51,7 @@ impl Fingerprint {
             // load), but with its device: a state holds what that device
             // kept (the GPU saves at the caches only).
             config: Config {
-                device: cfg.device.clone(),
+                device: cfg.device,
                 ..cfg.identity()
             },
             code: code_id()?,

@@ -1,5 +1,5 @@
 //! Golden tests: our f32 implementation against the original PyTorch
-//! implementation's float64 reference numbers (../shared/golden/README.md),
+//! implementation's float64 reference numbers (tests/golden/README.md),
 //! within the float32 tolerances recommended there. The checks live in
 //! src/models/newllm/golden.rs so the same code also runs as `newllm golden` on a machine
 //! that has only the release binary (the GPU check).
@@ -7,11 +7,16 @@
 use std::path::PathBuf;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 fn run_case(case: &str) {
-    let checks = newllm::models::newllm::golden::run_all(&golden_dir(), "cpu", &[case]).unwrap();
+    let checks = newllm::models::newllm::golden::run_all(
+        &golden_dir(),
+        newllm::config::Device::Cpu,
+        &[case],
+    )
+    .unwrap();
     let table = newllm::models::newllm::golden::table(&checks);
     // every quantity of the README: initial forward, Phase-1 gradients and
     // per-iteration figures, final weights, caches, ER, Phase-2 batches,
@@ -65,10 +70,13 @@ fn golden_true_k1_rand_shift() {
 
 #[test]
 fn missing_golden_data_is_a_clear_error() {
-    let err =
-        newllm::models::newllm::golden::run_all(&PathBuf::from("/nonexistent"), "cpu", &["x"])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+    let err = newllm::models::newllm::golden::run_all(
+        &PathBuf::from("/nonexistent"),
+        newllm::config::Device::Cpu,
+        &["x"],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(err.contains("golden data missing"), "{err}");
 }

@@ -168,7 +168,7 @@ fn bad_weights_and_streams_are_clear_errors() {
     let err = newllm::models::run_cell(
         ModelKind::NewLlm,
         &k,
-        1,
+        0,
         &split(vec![1, 2, 3, 4, 5, 6], vec![1, 2, 3]),
         &paths,
     )
@@ -381,7 +381,7 @@ fn replicates_and_baselines_are_reproducible_and_distinct() {
     let cache = dir.join("cache");
     let cfg = Config {
         sample_counts: vec![8],
-        baselines: vec!["kn".into(), "transformer".into()],
+        baselines: vec![ModelKind::Kn, ModelKind::Transformer],
         replicates: 2,
         ..tiny(write_corpus(&dir, 10))
     };
@@ -437,7 +437,7 @@ fn replicates_and_baselines_are_reproducible_and_distinct() {
     let models: Vec<(&str, usize)> = a
         .models
         .iter()
-        .map(|m| (m.model.as_str(), m.replicates))
+        .map(|m| (m.model.name(), m.replicates))
         .collect();
     assert_eq!(models, vec![("newllm", 2), ("kn", 1), ("transformer", 2)]);
     assert_eq!(a.runs.len(), 5);
@@ -617,7 +617,7 @@ fn a_sweep_grows_by_running_only_the_new_cells_and_seeds() {
     let dir = temp_dir("grow");
     let cache = dir.join("cache");
     let cfg = Config {
-        baselines: vec!["kn".into()],
+        baselines: vec![ModelKind::Kn],
         replicates: 1,
         ..heldout(write_corpus(&dir, 12))
     };
@@ -672,7 +672,11 @@ fn a_sweep_grows_by_running_only_the_new_cells_and_seeds() {
     assert_eq!((saved.sample_counts, saved.replicates), (vec![4, 8, 9], 2));
     let partial = report_dir(&out).unwrap().remove(0).1;
     assert_eq!(
-        partial.runs.iter().filter(|c| c.model == "newllm").count(),
+        partial
+            .runs
+            .iter()
+            .filter(|c| c.model == ModelKind::NewLlm)
+            .count(),
         4
     );
     // another setting is still another experiment
@@ -750,7 +754,7 @@ fn a_grid_runs_each_config_and_each_distinct_baseline_once() {
     );
     // every config's report lists the shared baselines
     for (_, r) in &done {
-        let models: Vec<&str> = r.models.iter().map(|m| m.model.as_str()).collect();
+        let models: Vec<&str> = r.models.iter().map(|m| m.model.name()).collect();
         assert_eq!(models, vec!["newllm", "kn", "transformer"]);
     }
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();

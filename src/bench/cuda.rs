@@ -10,7 +10,7 @@ use super::common::{
 use crate::config::Config;
 use crate::memory::gib;
 use crate::models::newllm::gpu::cache::recurrent_pass;
-use crate::models::newllm::gpu::engine::DevModel;
+use crate::models::newllm::gpu::model::DevModel;
 use crate::models::newllm::gpu::phase1::GpuPhase1;
 use crate::models::newllm::gpu::phase2::GpuPhase2;
 use crate::models::newllm::gpu::runtime::Dev;

@@ -11,7 +11,7 @@ pub mod cuda;
 
 pub use common::{table, BenchReport};
 
-use crate::config::Config;
+use crate::config::{Config, Device};
 use anyhow::Result;
 use std::path::Path;
 
@@ -23,9 +23,9 @@ pub fn run(
     seq_tokens: usize,
     state_dir: &Path,
 ) -> Result<BenchReport> {
-    match base.device.as_str() {
-        "cuda" => run_cuda(base, phase2_batch, seq_tokens),
-        _ => cpu::run(base, phase2_batch, seq_tokens, state_dir),
+    match base.device {
+        Device::Cuda => run_cuda(base, phase2_batch, seq_tokens),
+        Device::Cpu => cpu::run(base, phase2_batch, seq_tokens, state_dir),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Corpora, tokenizer, token streams and their caches, and the train/validation
-//! split (ALGORITHM.md section 1).
+//! split (docs/algorithm.md section 1).
 //!
 //! # Corpus strings
 //! - `""`: the embedded corpus, chitchat-dataset 0.9.0 (MIT, real human
@@ -28,9 +28,10 @@ pub mod tokenizer;
 pub use corpus::{load_samples, Source, EMBEDDED_NAME, EMBEDDED_SAMPLES, TEXT_SEPARATOR};
 pub use embeddings::load_pretrained_embeddings;
 pub use split::{
-    check_fits, load_split, load_split_with_status, val_len, CacheUse, Split, Validation,
+    check_fits, inspect, inspect_with, load_split, load_split_with_status, val_len, Split,
+    Validation,
 };
-pub use stream::{inspect, inspect_with};
+pub use stream::CacheUse;
 pub use tokenizer::{Tokenizer, GPT2_VOCAB};
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! A cell's train/validation split (ALGORITHM.md section 1), in one of two
+//! A cell's train/validation split (docs/algorithm.md section 1), in one of two
 //! modes:
 //! - tail (the seed's): the first N samples as one token stream; its last
 //!   `int(len * val_fraction)` tokens are validation. A larger cell is then
@@ -11,7 +11,7 @@
 //! resample whole conversations for the validation set's own sampling error.
 
 use super::corpus::Source;
-use super::stream::{last_tokens_for, tokens_for, Tokenized};
+use super::stream::{last_tokens_for, tokens_for, CacheUse, Tokenized};
 use anyhow::{bail, Result};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -87,15 +87,6 @@ impl Split {
         }
         counts
     }
-}
-
-/// What `load_split` did with the token caches (tests and logs use it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheUse {
-    /// Caches covering the request were reused; nothing was tokenized.
-    Reused,
-    /// The corpus was tokenized and a cache (re)written.
-    Built,
 }
 
 /// Number of validation tokens: `int(len * val_fraction)` exactly as the
@@ -229,4 +220,63 @@ fn cut_tail(tokens: &Tokenized, samples: usize, val_fraction: f64, source: &str)
         );
     }
     Ok(split)
+}
+
+/// `newllm data inspect` with the default val_fraction (0.1).
+pub fn inspect(corpus: &str, sample_counts: &[usize], cache_dir: &Path) -> Result<String> {
+    inspect_with(corpus, sample_counts, 0.1, cache_dir)
+}
+
+/// Report on a whole corpus: sample count, tokens per sample
+/// (min/median/max), total tokens, and train/val tokens for each N. Tokenizes
+/// every sample once and caches it, so later runs on any N reuse that.
+pub fn inspect_with(
+    corpus: &str,
+    sample_counts: &[usize],
+    val_fraction: f64,
+    cache_dir: &Path,
+) -> Result<String> {
+    let source = Source::resolve(corpus)?;
+    let (tokens, _) = tokens_for(&source, None, cache_dir)?;
+    let mut lengths: Vec<usize> = Vec::with_capacity(tokens.sample_ends.len());
+    let mut start = 0;
+    for &end in &tokens.sample_ends {
+        lengths.push(end - start);
+        start = end;
+    }
+    let total = tokens.ids.len();
+    let mut sorted = lengths.clone();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    // `tokens_for` never returns an empty corpus, so n >= 1.
+    let median = if n % 2 == 1 {
+        sorted[n / 2] as f64
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
+    };
+    let mut out = String::new();
+    out.push_str(&format!("corpus: {}\n", source.describe()));
+    out.push_str(&format!("samples: {n}\n"));
+    out.push_str(&format!(
+        "tokens per sample: min {}, median {median}, max {}\n",
+        sorted[0],
+        sorted[n - 1]
+    ));
+    out.push_str(&format!("total tokens: {total}\n"));
+    out.push_str(&format!("val_fraction: {val_fraction}\n"));
+    for &count in sample_counts {
+        if count == 0 || count > n {
+            out.push_str(&format!(
+                "N = {count}: not possible, the corpus has {n} samples\n"
+            ));
+            continue;
+        }
+        let len = tokens.sample_ends[count - 1];
+        let val = val_len(len, val_fraction);
+        out.push_str(&format!(
+            "N = {count}: {len} tokens, train {}, val {val}\n",
+            len - val
+        ));
+    }
+    Ok(out)
 }

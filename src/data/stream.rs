@@ -1,4 +1,4 @@
-//! Token streams and the on-disk token caches (ALGORITHM.md section 1).
+//! Token streams and the on-disk token caches (docs/algorithm.md section 1).
 //!
 //! Prefix cache: one file per corpus location, `<cache_dir>/tokens-<id>.bin`,
 //! holding the tokenization of the corpus's first K samples plus a key
@@ -12,12 +12,20 @@
 //! validation set is read and tokenized once.
 
 use super::corpus::{Source, READER_VERSION};
-use super::split::{val_len, CacheUse};
 use super::tokenizer::{Tokenizer, TOKENIZER_NAME};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+
+/// What `load_split` did with the token caches (tests and logs use it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Caches covering the request were reused; nothing was tokenized.
+    Reused,
+    /// The corpus was tokenized and a cache (re)written.
+    Built,
+}
 
 /// Tokenization of some of a corpus's samples (its first ones, or its last).
 #[derive(Clone, Debug, PartialEq)]
@@ -287,63 +295,4 @@ fn write_cache(
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move token cache into place at {}", path.display()))?;
     Ok(())
-}
-
-/// `newllm data inspect` with the default val_fraction (0.1).
-pub fn inspect(corpus: &str, sample_counts: &[usize], cache_dir: &Path) -> Result<String> {
-    inspect_with(corpus, sample_counts, 0.1, cache_dir)
-}
-
-/// Report on a whole corpus: sample count, tokens per sample
-/// (min/median/max), total tokens, and train/val tokens for each N. Tokenizes
-/// every sample once and caches it, so later runs on any N reuse that.
-pub fn inspect_with(
-    corpus: &str,
-    sample_counts: &[usize],
-    val_fraction: f64,
-    cache_dir: &Path,
-) -> Result<String> {
-    let source = Source::resolve(corpus)?;
-    let (tokens, _) = tokens_for(&source, None, cache_dir)?;
-    let mut lengths: Vec<usize> = Vec::with_capacity(tokens.sample_ends.len());
-    let mut start = 0;
-    for &end in &tokens.sample_ends {
-        lengths.push(end - start);
-        start = end;
-    }
-    let total = tokens.ids.len();
-    let mut sorted = lengths.clone();
-    sorted.sort_unstable();
-    let n = sorted.len();
-    // `tokens_for` never returns an empty corpus, so n >= 1.
-    let median = if n % 2 == 1 {
-        sorted[n / 2] as f64
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0
-    };
-    let mut out = String::new();
-    out.push_str(&format!("corpus: {}\n", source.describe()));
-    out.push_str(&format!("samples: {n}\n"));
-    out.push_str(&format!(
-        "tokens per sample: min {}, median {median}, max {}\n",
-        sorted[0],
-        sorted[n - 1]
-    ));
-    out.push_str(&format!("total tokens: {total}\n"));
-    out.push_str(&format!("val_fraction: {val_fraction}\n"));
-    for &count in sample_counts {
-        if count == 0 || count > n {
-            out.push_str(&format!(
-                "N = {count}: not possible, the corpus has {n} samples\n"
-            ));
-            continue;
-        }
-        let len = tokens.sample_ends[count - 1];
-        let val = val_len(len, val_fraction);
-        out.push_str(&format!(
-            "N = {count}: {len} tokens, train {}, val {val}\n",
-            len - val
-        ));
-    }
-    Ok(out)
 }

@@ -1,8 +1,8 @@
 //! Tests of corpus readers, split and cache on fixtures written to a temp dir.
 
 use super::corpus::{load_samples, Source, EMBEDDED_SAMPLES};
-use super::split::{load_split, load_split_with_status, val_len, CacheUse, Split, Validation};
-use super::stream::inspect_with;
+use super::split::{inspect_with, load_split, load_split_with_status, val_len, Split, Validation};
+use super::stream::CacheUse;
 use super::tokenizer::Tokenizer;
 use crate::scratch::scratch;
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
@@ -686,7 +686,7 @@ fn embedded_corpus_loads() {
 fn embedded_corpus_inspect_figures() {
     // Tokenizes all 7,168 conversations (about 1.5 s on 2 cores).
     let dir = scratch("embedded-inspect");
-    let report = super::stream::inspect("", &[50, 100, 200, 500], &dir).unwrap();
+    let report = super::split::inspect("", &[50, 100, 200, 500], &dir).unwrap();
     let expected = "corpus: embedded chitchat-dataset 0.9.0\nsamples: 7168\n\
         tokens per sample: min 1, median 61, max 26627\ntotal tokens: 3196530\n\
         val_fraction: 0.1\nN = 50: 15461 tokens, train 13915, val 1546\n\

@@ -34,7 +34,7 @@ impl Tokenizer {
     }
 
     /// Encodes text with no special tokens: a literal `<|endoftext|>` in the
-    /// text is tokenized as ordinary characters (ALGORITHM.md: no special
+    /// text is tokenized as ordinary characters (docs/algorithm.md: no special
     /// tokens are added between samples).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         self.bpe.encode_ordinary(text)

@@ -53,8 +53,7 @@ pub fn run_model_cell(
         crate::io::remove_tmp_files(p);
     }
     let run_cfg = replicate_config(cfg, replicate);
-    let mut result = models::run_cell(model, &run_cfg, split.samples, split, &paths)?;
-    result.replicate = replicate;
+    let mut result = models::run_cell(model, &run_cfg, replicate, split, &paths)?;
     result.seconds.add("data", load_seconds);
     result.seconds.add("total", load_seconds);
     write_atomic(
@@ -120,7 +119,7 @@ mod tests {
     #[test]
     fn an_unusable_device_is_refused_before_any_file_is_written() {
         let cfg = Config {
-            device: "cuda".into(),
+            device: crate::config::Device::Cuda,
             ..Config::default()
         };
         let Err(want) = crate::models::check_device(&cfg) else {

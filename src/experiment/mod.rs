@@ -1,4 +1,4 @@
-//! The experiment (ALGORITHM.md section 7), independent of any model's
+//! The experiment (docs/algorithm.md section 7), independent of any model's
 //! internals: run a cell (`cell.rs`), the sweep (`sweep.rs`), grids of
 //! configs (`grid.rs`), the merged results and their analysis
 //! (`results.rs`; `stats.rs` and `laws.rs`: pure maths), plots and the

@@ -552,7 +552,7 @@ pub fn write_sweep_plots(plots_dir: &Path, results: &SweepResults) -> Result<Vec
         .models
         .iter()
         .map(|m| {
-            let label = ModelKind::from_name(&m.model).map_or(m.model.as_str(), |k| k.label());
+            let label = m.model.label();
             ScalingSeries::of_model(label, m)
         })
         .collect();
@@ -595,10 +595,7 @@ pub fn write_compare_plot(
         series: sides
             .iter()
             .filter_map(|(name, r)| {
-                let m = r
-                    .models
-                    .iter()
-                    .find(|m| m.model == ModelKind::NewLlm.name())?;
+                let m = r.models.iter().find(|m| m.model == ModelKind::NewLlm)?;
                 Some(ScalingSeries::of_model(name, m))
             })
             .collect(),

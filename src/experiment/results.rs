@@ -1,4 +1,4 @@
-//! A whole sweep's results: every cell plus the analysis of ALGORITHM.md
+//! A whole sweep's results: every cell plus the analysis of docs/algorithm.md
 //! section 7, written as `results.json` and read back by `report`/`compare`.
 
 use crate::cell_result::CellResult;
@@ -67,8 +67,7 @@ pub struct CellSummary {
 /// One model across the sweep.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelResults {
-    /// "newllm", "kn" or "transformer".
-    pub model: String,
+    pub model: ModelKind,
     /// Where its runs ran ("cpu" or a GPU's name; several joined by "/").
     pub ran_on: String,
     /// Seeds per cell (1 for a deterministic model).
@@ -117,7 +116,7 @@ pub struct ScalingAnalysis {
 /// Where the extrapolations go: 2x and 10x the largest cell's tokens.
 pub const EXTRAPOLATION_FACTORS: [f64; 2] = [2.0, 10.0];
 
-/// A whole sweep: the config, every run, and the analysis of ALGORITHM.md
+/// A whole sweep: the config, every run, and the analysis of docs/algorithm.md
 /// section 7 for New-LLM and each baseline. Built by `analyse`; written as
 /// `results.json` and read back by the report and compare commands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,11 +178,11 @@ pub struct Correlations {
 /// per-cell mean ER with its mean PPL and accuracy.
 pub fn analyse(config: &Config, runs: &[CellResult]) -> SweepResults {
     let (mut runs, left_out) = one_validation_set(config, runs);
-    let order = |m: &str| ModelKind::from_name(m).map_or(usize::MAX, |k| k as usize);
-    runs.sort_by_key(|c| (order(&c.model), c.samples, c.train_tokens, c.replicate));
+    let order = |m: ModelKind| m as usize;
+    runs.sort_by_key(|c| (order(c.model), c.samples, c.train_tokens, c.replicate));
     let mut models: Vec<ModelResults> = Vec::new();
     for kind in [ModelKind::NewLlm, ModelKind::Kn, ModelKind::Transformer] {
-        let mine: Vec<&CellResult> = runs.iter().filter(|c| c.model == kind.name()).collect();
+        let mine: Vec<&CellResult> = runs.iter().filter(|c| c.model == kind).collect();
         if !mine.is_empty() {
             models.push(model_results(kind, &mine, config.scaling_window));
         }
@@ -199,7 +198,7 @@ pub fn analyse(config: &Config, runs: &[CellResult]) -> SweepResults {
     let cells = newllm_mean_cells(&runs);
     let scaling = models
         .first()
-        .filter(|m| m.model == ModelKind::NewLlm.name())
+        .filter(|m| m.model == ModelKind::NewLlm)
         .and_then(|m| m.scaling.clone());
     let column = |f: fn(&CellResult) -> f64| cells.iter().map(f).collect::<Vec<f64>>();
     let log_tokens = column(|c| (c.train_tokens as f64).max(1.0).ln());
@@ -231,7 +230,7 @@ pub fn analyse(config: &Config, runs: &[CellResult]) -> SweepResults {
 fn one_validation_set(config: &Config, runs: &[CellResult]) -> (Vec<CellResult>, Vec<String>) {
     let reference = |samples: Option<usize>| {
         runs.iter()
-            .filter(|c| c.model == ModelKind::NewLlm.name())
+            .filter(|c| c.model == ModelKind::NewLlm)
             .filter(|c| samples.is_none_or(|s| c.samples == s))
             .max_by_key(|c| (c.samples, std::cmp::Reverse(c.replicate)))
             .map(|c| c.val_set.clone())
@@ -321,7 +320,7 @@ fn model_results(kind: ModelKind, runs: &[&CellResult], window: usize) -> ModelR
     ran_on.dedup();
     let largest = runs.iter().max_by_key(|c| c.train_tokens);
     ModelResults {
-        model: kind.name().into(),
+        model: kind,
         ran_on: ran_on.join("/"),
         replicates: runs.iter().map(|c| c.replicate + 1).max().unwrap_or(0),
         cells,
@@ -376,7 +375,7 @@ fn scaling_analysis(tokens: &[f64], ppl: &[f64], window: usize) -> ScalingAnalys
 fn newllm_mean_cells(runs: &[CellResult]) -> Vec<CellResult> {
     let mine: Vec<&CellResult> = runs
         .iter()
-        .filter(|c| c.model == ModelKind::NewLlm.name())
+        .filter(|c| c.model == ModelKind::NewLlm)
         .collect();
     let mut samples: Vec<usize> = mine.iter().map(|c| c.samples).collect();
     samples.dedup();

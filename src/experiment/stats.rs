@@ -1,4 +1,4 @@
-//! Statistics for the scaling analysis (ALGORITHM.md section 7), pure
+//! Statistics for the scaling analysis (docs/algorithm.md section 7), pure
 //! maths on plain numbers: the power-law fit ln PPL = ln A + alpha ln tokens
 //! with its uncertainty, Pearson / Spearman correlations, and the t-based
 //! tests the reports quote. The Student-t distribution comes from `statrs`.

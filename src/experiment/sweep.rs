@@ -1,4 +1,4 @@
-//! The scaling sweep (ALGORITHM.md section 7): one cell per sample count,
+//! The scaling sweep (docs/algorithm.md section 7): one cell per sample count,
 //! each re-seeded with a fresh model. Each finished cell is written
 //! atomically before the next starts; a rerun skips finished cells; cells can
 //! run as separate processes (`--cell INDEX`) into one shared directory, and
@@ -94,7 +94,7 @@ fn finished_cell(
         }
     };
     let want = replicate_config(cfg, replicate);
-    (r.model == model.name() && model.identity(&r.config) == model.identity(&want)).then_some(r)
+    (r.model == model && model.identity(&r.config) == model.identity(&want)).then_some(r)
 }
 
 /// Removes the state of a finished run, left when a kill landed between its
@@ -306,7 +306,7 @@ pub fn dir_config(dir: &Path) -> Result<Config> {
 pub fn report_sweep(layout: &Layout) -> Result<Option<SweepResults>> {
     let cfg = dir_config(&layout.dir)?;
     let (cells, missing) = finished_runs(layout, &cfg);
-    if !cells.iter().any(|c| c.model == ModelKind::NewLlm.name()) {
+    if !cells.iter().any(|c| c.model == ModelKind::NewLlm) {
         return Ok(None);
     }
     if !missing.is_empty() {
@@ -356,7 +356,7 @@ mod tests {
         // another process with other threads / device runs the same experiment
         let other_runtime = Config {
             threads: 7,
-            device: "cuda".into(),
+            device: crate::config::Device::Cuda,
             ..cfg()
         };
         claim_dir(&dir, &other_runtime).unwrap();

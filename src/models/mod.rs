@@ -7,57 +7,22 @@ pub mod kn;
 pub mod newllm;
 pub mod transformer;
 
-use crate::cell_result::CellResult;
+use crate::cell_result::{CellResult, NewLlmResult, Timings};
 use crate::config::Config;
 use crate::data::Split;
+use crate::train_loop::{EpochProgress, Evaluation};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-/// A model the experiment can train on a cell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelKind {
-    NewLlm,
-    /// Interpolated modified Kneser-Ney n-gram (`kn/`).
-    Kn,
-    /// GPT-2-style decoder (`transformer/`).
-    Transformer,
-}
+pub use crate::config::ModelKind;
 
+/// What the experiment needs of each model beyond its name (which lives
+/// with the config, `config::ModelKind`, since `baselines` names models).
 impl ModelKind {
-    /// The name results and configs use.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::NewLlm => "newllm",
-            ModelKind::Kn => "kn",
-            ModelKind::Transformer => "transformer",
-        }
-    }
-
-    /// The name a report shows.
-    pub fn label(self) -> &'static str {
-        match self {
-            ModelKind::NewLlm => "New-LLM",
-            ModelKind::Kn => "Kneser-Ney",
-            ModelKind::Transformer => "Transformer",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<ModelKind> {
-        [ModelKind::NewLlm, ModelKind::Kn, ModelKind::Transformer]
-            .into_iter()
-            .find(|k| k.name() == name)
-    }
-
-    /// Whether a run depends on the seed (a deterministic model runs once
-    /// per cell, whatever `replicates` says).
-    pub fn seeded(self) -> bool {
-        self != ModelKind::Kn
-    }
-
     /// The models a config trains on every cell: New-LLM, then its baselines.
     pub fn for_config(cfg: &Config) -> Vec<ModelKind> {
         std::iter::once(ModelKind::NewLlm)
-            .chain(cfg.baselines.iter().filter_map(|b| ModelKind::from_name(b)))
+            .chain(cfg.baselines.iter().copied())
             .collect()
     }
 
@@ -160,19 +125,107 @@ pub fn check_device(cfg: &Config) -> Result<()> {
     newllm::engine::for_config(cfg).map(drop)
 }
 
-/// Trains and evaluates `model` on one cell's split (with the replicate's
-/// config); its log and checkpoint go to `paths` (the caller writes the
-/// result).
+/// What a model's cell runner returns: how the run went and what only the
+/// model knows. `run_cell` adds what every model shares (the data, the
+/// validation set, the best figures), so each model fills only these.
+pub struct ModelRun {
+    /// "cpu" or the GPU's name.
+    pub ran_on: String,
+    pub threads: usize,
+    pub predicted_peak_bytes: u64,
+    pub seconds: Timings,
+    pub scored: Scored,
+    /// The model's shape as run, e.g. "3 layers x d_model 48, 4 heads, block 128".
+    pub architecture: String,
+    pub trainable_params: u64,
+    pub non_embedding_params: u64,
+    pub train_flops_per_token: f64,
+    pub newllm: Option<NewLlmResult>,
+}
+
+/// How a run was scored on validation.
+pub enum Scored {
+    /// After every epoch; the best epoch's figures are the result's.
+    Epochs(EpochProgress),
+    /// Once, by a model without epochs.
+    Once(Evaluation),
+}
+
+/// Trains and evaluates replicate `replicate` of `model` on one cell's split
+/// (`cfg` is the replicate's config); its log and checkpoint go to `paths`
+/// (the caller writes the result).
 pub fn run_cell(
     model: ModelKind,
     cfg: &Config,
-    samples: usize,
+    replicate: usize,
     split: &Split,
     paths: &CellPaths,
 ) -> Result<CellResult> {
-    match model {
-        ModelKind::NewLlm => newllm::cell::run(cfg, samples, split, paths),
-        ModelKind::Kn => kn::cell::run(cfg, samples, split),
-        ModelKind::Transformer => transformer::cell::run(cfg, samples, split, paths),
+    let run = match model {
+        ModelKind::NewLlm => newllm::cell::run(cfg, split, paths)?,
+        ModelKind::Kn => kn::cell::run(cfg, split)?,
+        ModelKind::Transformer => transformer::cell::run(cfg, split, paths)?,
+    };
+    Ok(record(model, cfg, replicate, split, run))
+}
+
+/// The result of `model`'s run on `split`: the common figures from the split
+/// and the scores, the rest from the model.
+pub fn record(
+    model: ModelKind,
+    cfg: &Config,
+    replicate: usize,
+    split: &Split,
+    run: ModelRun,
+) -> CellResult {
+    let val_positions = split.val.len().saturating_sub(1);
+    let (val_loss, val_acc, sample_losses, epochs, best_epoch, stop_epoch, early_stopped) =
+        match run.scored {
+            Scored::Epochs(p) => {
+                let best = &p.epochs[p.best_epoch - 1];
+                let (loss, acc) = (best.val_loss, best.val_acc);
+                let stop = p.stop_epoch();
+                (
+                    loss,
+                    acc,
+                    p.best_sample_losses,
+                    p.epochs,
+                    p.best_epoch,
+                    stop,
+                    p.early_stopped,
+                )
+            }
+            Scored::Once(e) => {
+                let acc = e.correct as f64 / val_positions as f64;
+                (e.loss, acc, e.sample_losses, Vec::new(), 0, 0, false)
+            }
+        };
+    CellResult {
+        model,
+        replicate,
+        ran_on: run.ran_on,
+        samples: split.samples,
+        train_tokens: split.train.len(),
+        val_tokens: split.val.len(),
+        val_ppl: val_loss.exp(),
+        val_loss,
+        val_acc,
+        val_set: split.val_set_id(),
+        val_sample_losses: sample_losses,
+        val_sample_positions: split.val_positions_per_sample(),
+        best_epoch,
+        stop_epoch,
+        early_stopped,
+        epochs,
+        seconds: run.seconds,
+        threads: run.threads,
+        predicted_peak_bytes: run.predicted_peak_bytes,
+        measured_peak_bytes: crate::memory::peak_rss().unwrap_or(0),
+        config: cfg.clone(),
+        architecture: run.architecture,
+        trainable_params: run.trainable_params,
+        non_embedding_params: run.non_embedding_params,
+        train_flops_per_token: run.train_flops_per_token,
+        newllm: run.newllm,
     }
 }

@@ -296,24 +296,6 @@ fn cross_entropy_gradient_and_accuracy() {
 }
 
 #[test]
-fn phase1_losses_gradient_matches_finite_differences() {
-    let (rows, n) = (5, 6);
-    let mut out = vec![0.0; rows * n];
-    let mut prev = vec![0.0; rows * n];
-    fill(&mut out, 8);
-    fill(&mut prev, 9);
-    let (w, scale) = (0.8, 0.5);
-    let mut d = vec![0.0; rows * n];
-    let mut col_mean = vec![0.0; n];
-    phase1_losses(&out, &prev, n, w, 0.03, scale, &mut col_mean, Some(&mut d));
-    let num = numeric_grad(&mut out.clone(), |o| {
-        let (c, dv, _) = phase1_losses(o, &prev, n, w, 0.03, scale, &mut col_mean, None);
-        scale * ((1.0 - w) * c + w * dv)
-    });
-    assert_grad_close(&d, &num, 1e-2, "dout");
-}
-
-#[test]
 fn clip_and_adam_follow_torch_formulas() {
     let mut g = vec![3.0f32, 4.0];
     let norm = clip_grad_norm(&mut g, 1.0);
@@ -328,34 +310,16 @@ fn clip_and_adam_follow_torch_formulas() {
     assert_eq!(adam.t, 1);
 }
 
+/// The f32 factors Adam's loop uses are exactly the literals it used before
+/// the constants were named (bit-identical steps).
 #[test]
-fn a_row_converges_only_strictly_below_the_threshold() {
-    // mean squared change exactly at the threshold: not converged
-    assert!(!row_converged(1.0, 4, 0.25));
-    assert!(row_converged(1.0 - 1e-12, 4, 0.25));
-    assert!(!row_converged(1.0 + 1e-12, 4, 0.25));
-    // the default 0.03 (not a binary fraction): 0.12 / 4 is exactly 0.03
-    assert_eq!(0.12 / 4.0, 0.03);
-    assert!(!row_converged(0.12, 4, 0.03));
-    assert!(row_converged(0.1199999, 4, 0.03));
-}
-
-#[test]
-fn phase1_losses_count_rows_at_the_threshold_as_not_converged() {
-    let c = 4;
-    let prev = vec![0.0f32; 4 * c];
-    #[rustfmt::skip]
-    let out = vec![
-        0.5, 0.5, 0.5, 0.5,    // mean square 0.25: exactly at the threshold
-        0.5, 0.5, 0.5, 0.25,   // below
-        0.5, -0.5, 0.5, -0.5,  // exactly at the threshold again
-        0.75, 0.5, 0.5, 0.5,   // above
-    ];
-    let mut col_mean = vec![0.0; c];
-    let (cvfp, _, conv) = phase1_losses(&out, &prev, c, 0.8, 0.25, 1.0, &mut col_mean, None);
-    assert_eq!(conv, 1);
-    assert!((cvfp - (1.0 + 0.8125 + 1.0 + 1.3125) / 16.0).abs() < 1e-15);
-    // a hair above the threshold admits both boundary rows
-    let (_, _, conv) = phase1_losses(&out, &prev, c, 0.8, 0.25 + 1e-9, 1.0, &mut col_mean, None);
-    assert_eq!(conv, 3);
+fn adam_constants_round_to_the_pytorch_factors() {
+    assert_eq!((ADAM_BETA1 as f32).to_bits(), 0.9f32.to_bits());
+    assert_eq!(((1.0 - ADAM_BETA1) as f32).to_bits(), 0.1f32.to_bits());
+    assert_eq!((ADAM_BETA2 as f32).to_bits(), 0.999f32.to_bits());
+    assert_eq!(((1.0 - ADAM_BETA2) as f32).to_bits(), 0.001f32.to_bits());
+    assert_eq!(ADAM_EPS, 1e-8);
+    let (step, bc2) = adam_scales(0.001, 1);
+    assert_eq!(step, (0.001 / (1.0 - 0.9f64)) as f32);
+    assert_eq!(bc2, (1.0f64 - 0.999).sqrt() as f32);
 }

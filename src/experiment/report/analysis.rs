@@ -15,6 +15,7 @@ use crate::experiment::format::{
 };
 use crate::experiment::results::SweepResults;
 use crate::experiment::stats::critical_r;
+use crate::models::ModelKind;
 
 pub fn section_er(md: &mut String, r: &SweepResults) {
     *md += "### 1. Stability of Effective Rank (ER)\n\n";
@@ -69,7 +70,7 @@ pub fn er_seed_spread(r: &SweepResults) -> Option<f64> {
     let sds: Vec<f64> = r
         .models
         .iter()
-        .find(|m| m.model == "newllm")?
+        .find(|m| m.model == ModelKind::NewLlm)?
         .cells
         .iter()
         .filter_map(|c| c.val_er.and_then(|v| v.sd))
@@ -79,7 +80,7 @@ pub fn er_seed_spread(r: &SweepResults) -> Option<f64> {
 
 pub fn section_tokens(md: &mut String, r: &SweepResults, v: &Verdicts) {
     *md += "### 2. Token count vs performance\n\n";
-    let newllm = r.models.iter().find(|m| m.model == "newllm");
+    let newllm = r.models.iter().find(|m| m.model == ModelKind::NewLlm);
     let interval = |samples: usize| {
         newllm
             .and_then(|m| m.cells.iter().find(|c| c.samples == samples))
@@ -279,7 +280,7 @@ pub fn section_training(md: &mut String, r: &SweepResults, d: &Diagnostics, v: &
         let runs = |samples: usize| {
             r.runs
                 .iter()
-                .filter(|c| c.model == "newllm" && c.samples == samples)
+                .filter(|c| c.model == ModelKind::NewLlm && c.samples == samples)
                 .count()
         };
         let (from, to) = (runs(dip.from_samples), runs(dip.to_samples));

@@ -24,7 +24,7 @@ pub fn mean_sd(m: Option<MeanSd>, scale: f64, digits: usize) -> String {
 }
 
 fn label(m: &ModelResults) -> &str {
-    ModelKind::from_name(&m.model).map_or(m.model.as_str(), |k| k.label())
+    m.model.label()
 }
 
 /// How each model was set up, in one line each.
@@ -32,21 +32,21 @@ fn setup_lines(c: &Config, r: &SweepResults) -> Vec<String> {
     r.models
         .iter()
         .map(|m| {
-            let what = match m.model.as_str() {
-                "newllm" => format!(
+            let what = match m.model {
+                ModelKind::NewLlm => format!(
                     "{} layers, context_dim {}, embed_dim {} (the configuration above)",
                     c.num_layers, c.context_dim, c.embed_dim
                 ),
-                "kn" => format!(
+                ModelKind::Kn => format!(
                     "interpolated modified Kneser-Ney, order {}, three discounts per order from the count-of-counts, interpolated down to a uniform distribution over all {} tokens; deterministic, so one run per cell",
                     c.kn_order,
                     thousands(c.vocab_size)
                 ),
-                "transformer" => {
+                ModelKind::Transformer => {
                     let dims = r
                         .runs
                         .iter()
-                        .find(|x| x.model == "transformer")
+                        .find(|x| x.model == ModelKind::Transformer)
                         .map_or(String::new(), |x| format!(", {}", x.architecture));
                     format!(
                         "GPT-2-style decoder (pre-LayerNorm, causal attention, GELU MLP, learned positions, head tied to the token embedding){dims}; trained with New-LLM's Phase-2 protocol (Adam lr {}, clip {}, {} positions per batch, up to {} epochs, patience {}); validation in contiguous windows of {} tokens, so the first tokens of each window see less context",
@@ -58,7 +58,6 @@ fn setup_lines(c: &Config, r: &SweepResults) -> Vec<String> {
                         c.transformer_block_size
                     )
                 }
-                other => other.to_string(),
             };
             let seeds = if m.replicates > 1 {
                 format!("; {} seeds per cell ({}..{})", m.replicates, c.seed, c.seed + m.replicates as u64 - 1)
@@ -124,12 +123,12 @@ pub fn section_baselines(md: &mut String, r: &SweepResults, v: &Verdicts) {
             .scaling
             .as_ref()
             .map_or("no fit".to_string(), alpha_sentence);
-        let verdict = v.baselines.iter().find(|b| b.model.name() == m.model);
+        let verdict = v.baselines.iter().find(|b| b.model == m.model);
         let vs = match (
-            m.model.as_str(),
+            m.model,
             verdict.and_then(|b| b.alpha_p.map(|p| (p, b.alpha_differs))),
         ) {
-            ("newllm", _) => "-".to_string(),
+            (ModelKind::NewLlm, _) => "-".to_string(),
             (_, Some((p, true))) => format!("yes ({})", p_phrase(p)),
             (_, Some((p, false))) => format!("no ({})", p_phrase(p)),
             (_, None) => "not testable (needs 3+ points on each side)".to_string(),
@@ -153,11 +152,11 @@ pub fn section_baselines(md: &mut String, r: &SweepResults, v: &Verdicts) {
 /// the replicates support it (verdicts.rs); then the exponents.
 fn plain_words(r: &SweepResults, v: &Verdicts) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(base) = r.models.iter().find(|m| m.model == "newllm") else {
+    let Some(base) = r.models.iter().find(|m| m.model == ModelKind::NewLlm) else {
         return out;
     };
     for b in &v.baselines {
-        let Some(m) = r.models.iter().find(|m| m.model == b.model.name()) else {
+        let Some(m) = r.models.iter().find(|m| m.model == b.model) else {
             continue;
         };
         let list = |v: &[usize]| {

@@ -63,7 +63,7 @@ fn paired_section(sides: &[(String, SweepResults)], labels: &[String]) -> String
     let runs = |r: &SweepResults, s: usize| -> Vec<(u64, f64, f64, String)> {
         r.runs
             .iter()
-            .filter(|c| c.model == "newllm" && c.samples == s)
+            .filter(|c| c.model == ModelKind::NewLlm && c.samples == s)
             .map(|c| (c.config.seed, c.val_ppl, c.val_acc, c.val_set.clone()))
             .collect()
     };
@@ -347,9 +347,7 @@ pub fn write_compare_report(
 }
 
 fn newllm(r: &SweepResults) -> Option<&ModelResults> {
-    r.models
-        .iter()
-        .find(|m| m.model == ModelKind::NewLlm.name())
+    r.models.iter().find(|m| m.model == ModelKind::NewLlm)
 }
 
 /// Every sample count any config has, ascending.
@@ -451,11 +449,7 @@ fn section_grid_baselines(sides: &[(String, SweepResults)]) -> String {
     // (model, its per-cell figures as a key, configs) for each distinct run set
     let mut distinct: Vec<(&ModelResults, Vec<String>)> = Vec::new();
     for (name, r) in sides {
-        for m in r
-            .models
-            .iter()
-            .filter(|m| m.model != ModelKind::NewLlm.name())
-        {
+        for m in r.models.iter().filter(|m| m.model != ModelKind::NewLlm) {
             match distinct
                 .iter_mut()
                 .find(|(d, _)| d.model == m.model && d.cells == m.cells)
@@ -477,7 +471,7 @@ fn section_grid_baselines(sides: &[(String, SweepResults)]) -> String {
     md += &"---|".repeat(samples.len());
     md += "\n";
     for (m, configs) in &distinct {
-        let label = ModelKind::from_name(&m.model).map_or(m.model.as_str(), |k| k.label());
+        let label = m.model.label();
         let configs = if configs.len() == sides.len() {
             "all".to_string()
         } else {

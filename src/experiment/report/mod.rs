@@ -1,4 +1,4 @@
-//! The generated analysis (ALGORITHM.md section 7): the sweep report
+//! The generated analysis (docs/algorithm.md section 7): the sweep report
 //! (`sweep.rs`: conditions, summary, timings, epochs; `analysis.rs`: the
 //! seed document's analysis sections; `baselines.rs`: New-LLM against the
 //! standard models; `scaling.rs`: the validation design, windows, laws and

@@ -64,7 +64,7 @@ pub fn section_validation(md: &mut String, r: &SweepResults) {
                 "**The validation text changes with N.** Each cell is scored on the last {} of its own token stream (the seed's design), so a larger cell is scored on other, later text, and alpha mixes more training data with different validation text. ",
                 pct(c.val_fraction)
             );
-            match r.models.iter().find(|m| m.model == ModelKind::Kn.name()) {
+            match r.models.iter().find(|m| m.model == ModelKind::Kn) {
                 Some(kn) => {
                     let ppl: Vec<String> = kn
                         .cells
@@ -90,11 +90,7 @@ pub fn section_validation(md: &mut String, r: &SweepResults) {
 /// Windows, the two laws, the leave-last-out check and the predictions,
 /// for New-LLM in full and the baselines in one table.
 pub fn section_scaling(md: &mut String, r: &SweepResults, v: &Verdicts) {
-    let Some(m) = r
-        .models
-        .iter()
-        .find(|m| m.model == ModelKind::NewLlm.name())
-    else {
+    let Some(m) = r.models.iter().find(|m| m.model == ModelKind::NewLlm) else {
         return;
     };
     *md += "## Scaling beyond one line\n\n";
@@ -128,7 +124,7 @@ pub fn section_scaling(md: &mut String, r: &SweepResults, v: &Verdicts) {
                 AlphaChange::NoChange => "no significant change",
                 AlphaChange::Untestable => "not testable",
             };
-            let name = ModelKind::from_name(&b.model).map_or(b.model.as_str(), |k| k.label());
+            let name = b.model.label();
             *md += &format!("| {name} | {better} | {e} | {trend} |\n");
         }
         *md += "\n";

@@ -13,7 +13,7 @@ use super::scaling::{section_scaling, section_validation};
 use super::verdicts::decide;
 use super::wording::alpha_sentence;
 use crate::cell_result::CellResult;
-use crate::config::ValMode;
+use crate::config::{ModelKind, ValMode};
 use crate::experiment::format::{now_utc, pct, serde_plain, thousands};
 use crate::experiment::plots;
 use crate::experiment::results::{MeanSd, SweepResults};
@@ -119,7 +119,7 @@ pub fn section_summary(md: &mut String, r: &SweepResults) {
     if reps > 1 {
         *md += &format!("New-LLM, mean ± sd over {reps} seeds per cell (the per-seed values are in `results.json`).\n\n");
     }
-    let newllm = r.models.iter().find(|m| m.model == "newllm");
+    let newllm = r.models.iter().find(|m| m.model == ModelKind::NewLlm);
     let runs: Vec<&CellResult> = if r.runs.is_empty() {
         r.cells.iter().collect()
     } else {
@@ -209,7 +209,7 @@ pub fn section_summary(md: &mut String, r: &SweepResults) {
                 *md += &format!(", standard error of alpha {se:.4}");
             }
             *md += ".";
-            let runs = r.runs.iter().filter(|c| c.model == "newllm").count().max(r.cells.len());
+            let runs = r.runs.iter().filter(|c| c.model == ModelKind::NewLlm).count().max(r.cells.len());
             if runs > r.cells.len() {
                 *md += &format!(" The fit uses every run: {} cells x {} seeds.", r.cells.len(), runs / r.cells.len().max(1));
             }

@@ -224,7 +224,7 @@ fn helpers_format() {
         embed_dim: 128,
         context_dim: 128,
         phase2_patience: 2,
-        device: "cuda".into(),
+        device: crate::config::Device::Cuda,
         ..Config::default()
     };
     let cmd = compare_command(&quick, "phase2_patience", &["2".into(), "4".into()]);
@@ -639,7 +639,7 @@ fn tail_validation_is_stated_with_the_ngram_as_its_measure() {
     let mut runs = seed_cells();
     for (c, ppl) in seed_cells().iter().zip([585.8, 611.8, 403.9, 241.2]) {
         runs.push(CellResult {
-            model: "kn".into(),
+            model: crate::config::ModelKind::Kn,
             newllm: None,
             val_ppl: ppl,
             epochs: Vec::new(),

@@ -138,10 +138,7 @@ impl Verdicts {
 
 /// Decides every verdict of a sweep report.
 pub fn decide(r: &SweepResults, d: &Diagnostics) -> Verdicts {
-    let newllm = r
-        .models
-        .iter()
-        .find(|m| m.model == ModelKind::NewLlm.name());
+    let newllm = r.models.iter().find(|m| m.model == ModelKind::NewLlm);
     let er_anova = er_between_cells(r);
     let related = correlation_significant(&r.correlations.val_er_vs_val_ppl)
         || correlation_significant(&r.correlations.val_er_vs_val_acc);
@@ -198,7 +195,7 @@ pub fn er_between_cells(r: &SweepResults) -> Option<(f64, f64)> {
 /// The per-seed values of `model` at `samples`.
 fn per_seed(
     r: &SweepResults,
-    model: &str,
+    model: ModelKind,
     samples: usize,
     f: fn(&crate::cell_result::CellResult) -> f64,
 ) -> Vec<f64> {
@@ -210,20 +207,15 @@ fn per_seed(
 }
 
 fn baseline_verdicts(r: &SweepResults) -> Vec<BaselineVerdict> {
-    let Some(base) = r
-        .models
-        .iter()
-        .find(|m| m.model == ModelKind::NewLlm.name())
-    else {
+    let Some(base) = r.models.iter().find(|m| m.model == ModelKind::NewLlm) else {
         return Vec::new();
     };
     r.models
         .iter()
-        .filter(|m| m.model != ModelKind::NewLlm.name())
-        .filter_map(|m| {
-            let model = ModelKind::from_name(&m.model)?;
+        .filter(|m| m.model != ModelKind::NewLlm)
+        .map(|m| {
             let mut v = BaselineVerdict {
-                model,
+                model: m.model,
                 newllm_lower: Vec::new(),
                 newllm_higher: Vec::new(),
                 unclear: Vec::new(),
@@ -231,8 +223,8 @@ fn baseline_verdicts(r: &SweepResults) -> Vec<BaselineVerdict> {
                 alpha_differs: m.alpha_vs_newllm_p.is_some_and(significant),
             };
             for c in &base.cells {
-                let ours = per_seed(r, "newllm", c.samples, |c| c.val_ppl);
-                let theirs = per_seed(r, &m.model, c.samples, |c| c.val_ppl);
+                let ours = per_seed(r, ModelKind::NewLlm, c.samples, |c| c.val_ppl);
+                let theirs = per_seed(r, m.model, c.samples, |c| c.val_ppl);
                 match mean_difference(&ours, &theirs) {
                     Some(d) if significant(d.p_value) && d.diff < 0.0 => {
                         v.newllm_lower.push(c.samples)
@@ -241,15 +233,15 @@ fn baseline_verdicts(r: &SweepResults) -> Vec<BaselineVerdict> {
                     _ => v.unclear.push(c.samples),
                 }
             }
-            Some(v)
+            v
         })
         .collect()
 }
 
 fn dip_noise(r: &SweepResults, from: usize, to: usize) -> DipNoise {
     let (a, b) = (
-        per_seed(r, "newllm", from, |c| c.val_acc),
-        per_seed(r, "newllm", to, |c| c.val_acc),
+        per_seed(r, ModelKind::NewLlm, from, |c| c.val_acc),
+        per_seed(r, ModelKind::NewLlm, to, |c| c.val_acc),
     );
     if a.len() < 2 && b.len() < 2 {
         return DipNoise::OneSeed;
@@ -291,9 +283,7 @@ pub struct GridVerdict {
 /// against the runner-up.
 pub fn decide_grid(sides: &[(String, SweepResults)]) -> GridVerdict {
     fn newllm(r: &SweepResults) -> Option<&ModelResults> {
-        r.models
-            .iter()
-            .find(|m| m.model == ModelKind::NewLlm.name())
+        r.models.iter().find(|m| m.model == ModelKind::NewLlm)
     }
     let largest = sides
         .iter()
@@ -390,7 +380,7 @@ pub fn paired_by_seed(
     let runs = |r: &SweepResults| -> Vec<(u64, f64, String)> {
         r.runs
             .iter()
-            .filter(|c| c.model == ModelKind::NewLlm.name() && c.samples == samples)
+            .filter(|c| c.model == ModelKind::NewLlm && c.samples == samples)
             .map(|c| (c.config.seed, c.val_ppl, c.val_set.clone()))
             .collect()
     };
@@ -466,13 +456,13 @@ mod tests {
     /// which a threshold of 0.5 would call lower).
     #[test]
     fn baseline_verdicts_use_the_five_percent_threshold() {
-        let run = |model: &str, samples: usize, r: usize, ppl: f64| CellResult {
-            model: model.into(),
+        let run = |model: ModelKind, samples: usize, r: usize, ppl: f64| CellResult {
+            model,
             samples,
             train_tokens: samples * 100,
             replicate: r,
             val_ppl: ppl,
-            newllm: (model == "newllm").then(Default::default),
+            newllm: (model == ModelKind::NewLlm).then(Default::default),
             config: Config {
                 seed: 42 + r as u64,
                 ..Config::default()
@@ -480,12 +470,12 @@ mod tests {
             ..CellResult::default()
         };
         let runs = vec![
-            run("newllm", 10, 0, 100.0),
-            run("newllm", 10, 1, 104.0),
-            run("newllm", 20, 0, 100.0),
-            run("newllm", 20, 1, 120.0),
-            run("kn", 10, 0, 130.0),
-            run("kn", 20, 0, 130.0),
+            run(ModelKind::NewLlm, 10, 0, 100.0),
+            run(ModelKind::NewLlm, 10, 1, 104.0),
+            run(ModelKind::NewLlm, 20, 0, 100.0),
+            run(ModelKind::NewLlm, 20, 1, 120.0),
+            run(ModelKind::Kn, 10, 0, 130.0),
+            run(ModelKind::Kn, 20, 0, 130.0),
         ];
         let r = analyse(&Config::default(), &runs);
         let v = baseline_verdicts(&r);

@@ -3,10 +3,12 @@
 //! New-LLM's validation pass starts from a zero context).
 
 use super::model::KneserNey;
-use crate::cell_result::{CellResult, Timings};
+use crate::cell_result::Timings;
 use crate::config::Config;
 use crate::data::Split;
-use crate::memory::{gib, peak_rss, refuse_if_too_big};
+use crate::memory::{gib, refuse_if_too_big};
+use crate::models::{ModelRun, Scored};
+use crate::train_loop::Evaluation;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -25,13 +27,14 @@ pub fn build(cfg: &Config, split: &Split) -> Result<KneserNey> {
 
 /// Builds the model on `split.train` and evaluates it on every position of
 /// `split.val` (the positions New-LLM is scored on).
-pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
+pub fn run(cfg: &Config, split: &Split) -> Result<ModelRun> {
     let t_all = Instant::now();
     let (n, m) = (split.train.len(), split.val.len());
     // Plus the process baseline (binary, tokenizer tables, corpus text).
     let predicted = (128 << 20) + KneserNey::predict_bytes(n, cfg.kn_order, cfg.vocab_size);
     eprintln!(
-        "kn cell {samples} samples: order {}, {n} train / {m} val tokens, predicted peak memory {}",
+        "kn cell {} samples: order {}, {n} train / {m} val tokens, predicted peak memory {}",
+        split.samples,
         cfg.kn_order,
         gib(predicted)
     );
@@ -46,28 +49,16 @@ pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
     seconds.add("build", build);
     seconds.add("evaluate", evaluate);
     seconds.add("total", t_all.elapsed().as_secs_f64());
-    Ok(CellResult {
-        model: "kn".into(),
-        replicate: 0,
+    Ok(ModelRun {
         ran_on: "cpu".into(),
-        samples,
-        train_tokens: n,
-        val_tokens: m,
-        val_ppl: eval.ppl(),
-        val_loss: eval.total_log_loss / eval.positions as f64,
-        val_acc: eval.acc(),
-        val_set: split.val_set_id(),
-        val_sample_losses: eval.sample_losses,
-        val_sample_positions: split.val_positions_per_sample(),
-        best_epoch: 0,
-        stop_epoch: 0,
-        early_stopped: false,
-        epochs: Vec::new(),
-        seconds,
         threads: 1,
         predicted_peak_bytes: predicted,
-        measured_peak_bytes: peak_rss().unwrap_or(0),
-        config: cfg.clone(),
+        seconds,
+        scored: Scored::Once(Evaluation {
+            loss: eval.total_log_loss / eval.positions as f64,
+            correct: eval.correct as usize,
+            sample_losses: eval.sample_losses,
+        }),
         // Counts, not trained weights: nothing comparable to report.
         architecture: format!("order {}", cfg.kn_order),
         trainable_params: 0,
@@ -80,6 +71,7 @@ pub fn run(cfg: &Config, samples: usize, split: &Split) -> Result<CellResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ModelKind;
     use crate::rng::Rng;
 
     fn split(train: Vec<u32>, val: Vec<u32>) -> Split {
@@ -129,9 +121,10 @@ mod tests {
             "the check cannot see validation tokens in training"
         );
         // And the cell scores exactly the validation positions.
-        let r = run(&cfg, 1, &split(train, val_a)).unwrap();
+        let cell = split(train, val_a);
+        let r = crate::models::record(ModelKind::Kn, &cfg, 0, &cell, run(&cfg, &cell).unwrap());
         assert_eq!(
-            (r.model.as_str(), r.train_tokens, r.val_tokens),
+            (r.model.name(), r.train_tokens, r.val_tokens),
             ("kn", 500, 60)
         );
         assert!((r.val_ppl - r.val_loss.exp()).abs() < 1e-9 * r.val_ppl);

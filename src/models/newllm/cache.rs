@@ -1,4 +1,4 @@
-//! Context passes and the Phase-2 context caches (ALGORITHM.md section 4).
+//! Context passes and the Phase-2 context caches (docs/algorithm.md section 4).
 //!
 //! Every ContextBlock layer output of position j is a deterministic function
 //! of (input context of j, x_j), so a cache stores only the C-wide *source*

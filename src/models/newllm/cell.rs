@@ -12,12 +12,12 @@ use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
 use super::resume::{phase1_line, phase2_line, restore, Meta, Stage};
-use crate::cell_result::{CellResult, NewLlmResult};
+use crate::cell_result::NewLlmResult;
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
 use crate::io::{log_line, rewrite_log};
-use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
-use crate::models::CellPaths;
+use crate::memory::{gib, refuse_if_disk_too_small, refuse_if_too_big};
+use crate::models::{CellPaths, ModelRun, Scored};
 use crate::state::{Fingerprint, Saver};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -35,7 +35,7 @@ pub fn phase2_flops_per_token(ctx: usize, tok: usize, head: usize) -> f64 {
 /// state if a rerun finds one. Prints progress lines; writes the log,
 /// state and checkpoint to `paths` (the caller writes the result and then
 /// removes the state).
-pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Result<CellResult> {
+pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
     let t_all = Instant::now();
     let threads = crate::ops::threads();
     let mut engine = engine::for_config(cfg)?;
@@ -51,7 +51,8 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
     let predicted = predict_peak_bytes(cfg, n, m);
     let state_bytes = predict_state_bytes(cfg, n, m);
     eprintln!(
-        "cell {samples} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}, resume state up to {} on disk",
+        "cell {} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}, resume state up to {} on disk",
+        split.samples,
         threads,
         gib(predicted),
         gib(state_bytes)
@@ -290,32 +291,14 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         );
     }
 
-    let best = p2.best().clone();
     let last = meta.phase1_log.last().cloned().unwrap_or_default();
     let [ctx, tok, head, _] = model.param_counts();
-    let p2 = p2.progress;
-    Ok(CellResult {
-        model: "newllm".into(),
-        replicate: 0,
+    Ok(ModelRun {
         ran_on: engine.describe(),
-        samples,
-        train_tokens: n,
-        val_tokens: m,
-        val_ppl: best.val_ppl,
-        val_loss: best.val_loss,
-        val_acc: best.val_acc,
-        val_set: split.val_set_id(),
-        val_sample_losses: p2.best_sample_losses.clone(),
-        val_sample_positions: split.val_positions_per_sample(),
-        best_epoch: p2.best_epoch,
-        stop_epoch: p2.stop_epoch(),
-        early_stopped: p2.early_stopped,
-        epochs: p2.epochs,
-        seconds: meta.seconds.timings(),
         threads,
         predicted_peak_bytes: predicted,
-        measured_peak_bytes: peak_rss().unwrap_or(0),
-        config: cfg.clone(),
+        seconds: meta.seconds.timings(),
+        scored: Scored::Epochs(p2.progress),
         architecture: format!(
             "{} layers, context_dim {}, embed_dim {}",
             cfg.num_layers, cfg.context_dim, cfg.embed_dim
@@ -379,7 +362,8 @@ mod tests {
         let cfg = tiny();
         let paths = CellPaths::new(&dir.0, crate::models::ModelKind::NewLlm, 3, 0);
         let split = split();
-        let r = run(&cfg, 3, &split, &paths).unwrap();
+        let r = crate::models::run_cell(crate::models::ModelKind::NewLlm, &cfg, 0, &split, &paths)
+            .unwrap();
         assert_eq!((r.samples, r.train_tokens, r.val_tokens), (3, 300, 40));
         assert_eq!(r.config, cfg);
 
@@ -454,7 +438,9 @@ mod tests {
         };
         let paths = CellPaths::new(&dir.0, crate::models::ModelKind::NewLlm, 3, 0);
         std::fs::write(&paths.log, "stale line\n").unwrap();
-        let r = run(&cfg, 3, &split(), &paths).unwrap();
+        let r =
+            crate::models::run_cell(crate::models::ModelKind::NewLlm, &cfg, 0, &split(), &paths)
+                .unwrap();
         let log = std::fs::read_to_string(&paths.log).unwrap();
         assert!(!log.contains("stale"));
         assert_eq!(log.lines().count(), r.nl().phase1.len() + 1);
@@ -469,11 +455,11 @@ mod tests {
         };
         let err = run(
             &cfg,
-            3,
             &split(),
             &CellPaths::new(&dir.0, crate::models::ModelKind::NewLlm, 3, 0),
         )
-        .unwrap_err()
+        .err()
+        .expect("refused")
         .to_string();
         assert!(
             err.contains("num_input_tokens = 41 is larger than the validation stream (40 tokens)"),

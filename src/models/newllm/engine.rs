@@ -10,15 +10,15 @@ use super::cache::{sequential_pass, train_cache};
 use super::model::Model;
 use super::phase1::{self, OnIteration, Phase1Outcome, Phase1Resume};
 use super::phase2::{self, OnEpoch, Phase2Outcome, Phase2Resume, Stream};
-use crate::config::Config;
-use anyhow::{bail, Result};
+use crate::config::{Config, Device};
+use anyhow::Result;
 
 /// A device that runs the training stages. Methods take and return host
 /// data; a GPU implementation uploads/downloads at these boundaries only.
 pub trait Engine {
     /// "cpu" or the GPU's name, for logs.
     fn describe(&self) -> String;
-    /// Phase 1 (ALGORITHM.md section 3), fresh or resumed; updates the
+    /// Phase 1 (docs/algorithm.md section 3), fresh or resumed; updates the
     /// ContextBlock in `model`.
     fn phase1_run(
         &mut self,
@@ -32,7 +32,7 @@ pub trait Engine {
     fn sequential_pass(&mut self, model: &Model, ids: &[u32], count: usize) -> Result<Vec<f32>>;
     /// The Phase-2 training cache source (cache.rs).
     fn train_cache(&mut self, model: &Model, ids: &[u32], prev: &[f32]) -> Result<Vec<f32>>;
-    /// Phase 2 (ALGORITHM.md section 5), fresh or resumed; leaves the last
+    /// Phase 2 (docs/algorithm.md section 5), fresh or resumed; leaves the last
     /// epoch's weights in `model`.
     fn phase2_run(
         &mut self,
@@ -90,10 +90,9 @@ impl Engine for CpuEngine {
 
 /// The engine `cfg.device` names, or a clear error when it cannot run here.
 pub fn for_config(cfg: &Config) -> Result<Box<dyn Engine>> {
-    match cfg.device.as_str() {
-        "cpu" => Ok(Box::new(CpuEngine)),
-        "cuda" => cuda_engine(cfg),
-        other => bail!("config field device must be \"cpu\" or \"cuda\", got {other:?}"),
+    match cfg.device {
+        Device::Cpu => Ok(Box::new(CpuEngine)),
+        Device::Cuda => cuda_engine(cfg),
     }
 }
 
@@ -130,7 +129,7 @@ mod tests {
     #[test]
     fn cuda_without_the_feature_says_how_to_rebuild() {
         let cfg = Config {
-            device: "cuda".into(),
+            device: crate::config::Device::Cuda,
             ..Config::default()
         };
         let err = for_config(&cfg).err().unwrap().to_string();

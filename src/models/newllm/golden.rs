@@ -1,21 +1,21 @@
 //! `newllm golden`: the checks of tests/golden.rs (our f32 pipeline against
-//! the original's float64 reference data, ../shared/golden) as a command
+//! the original's float64 reference data, tests/golden/README.md) as a command
 //! that reports pass/fail per quantity instead of asserting, and runs on any
 //! device through `GoldenHooks`. It exists so a machine with only the release binary (the GPU
 //! machine has no Rust toolchain) can check GPU-vs-reference parity; the
 //! tolerances are the ones tests/golden.rs uses.
 
-use super::golden_hooks::{hooks_for, GoldenHooks};
+use super::golden_hooks::{CpuHooks, GoldenHooks};
 use super::metrics::effective_rank;
 use super::model::{Model, ParamSet};
 use super::phase2::Stream;
-use crate::config::{Config, Phase1Init, TrainCache};
+use crate::config::{Config, Device, Phase1Init, TrainCache};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::path::Path;
 
-/// The golden cases shipped in ../shared/golden.
+/// The golden cases shipped in tests/golden.
 pub const CASES: [&str; 4] = [
     "false_k1_seq",
     "true_k1_seq",
@@ -49,10 +49,13 @@ struct Case {
 
 impl Case {
     fn load(dir: &Path, name: &str) -> Result<Case> {
-        let st = dir.join(format!("{name}.safetensors"));
+        let st = dir.join(format!("{name}.safetensors.gz"));
         let js = dir.join(format!("{name}.json"));
-        let bytes = std::fs::read(&st)
+        let gz = std::fs::read(&st)
             .with_context(|| format!("golden data missing: cannot read {}", st.display()))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut bytes)
+            .with_context(|| format!("{} is not a gzip file", st.display()))?;
         let text = std::fs::read(&js)
             .with_context(|| format!("golden data missing: cannot read {}", js.display()))?;
         let meta = serde_json::from_slice(&text)
@@ -596,12 +599,11 @@ pub fn run_case(
     Ok(rec.checks)
 }
 
-/// Every case in `dir` on `device` ("cpu" or "cuda").
-pub fn run_all(dir: &Path, device: &str, cases: &[&str]) -> Result<Vec<Check>> {
-    let device = device.to_string();
+/// Every case in `dir` on `device`.
+pub fn run_all(dir: &Path, device: Device, cases: &[&str]) -> Result<Vec<Check>> {
     let make = move |cfg: &Config| {
         hooks_for(&Config {
-            device: device.clone(),
+            device,
             ..cfg.clone()
         })
     };
@@ -633,6 +635,24 @@ pub fn table(checks: &[Check]) -> String {
         checks.len() - failed
     );
     s
+}
+
+/// The hooks for `cfg.device`, or a clear error when it cannot run here.
+pub fn hooks_for(cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
+    match cfg.device {
+        Device::Cpu => Ok(Box::<CpuHooks>::default()),
+        Device::Cuda => cuda_hooks(cfg),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_hooks(cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
+    Ok(Box::new(super::gpu::golden::GpuHooks::new(cfg)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_hooks(_cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
+    Err(super::engine::no_cuda_feature())
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use super::engine::{CpuEngine, Engine};
 use super::model::{BlockActs, Model};
 use super::phase1::{IterationStats, Phase1};
 use super::phase2::{Phase2, Stream};
-use crate::config::Config;
 use anyhow::{bail, Result};
 
 /// One Phase-2 batch as the golden checks see it.
@@ -145,23 +144,4 @@ impl GoldenHooks for CpuHooks {
             grad_norm,
         })
     }
-}
-
-/// The hooks for `cfg.device`, or a clear error when it cannot run here.
-pub fn hooks_for(cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
-    match cfg.device.as_str() {
-        "cpu" => Ok(Box::<CpuHooks>::default()),
-        "cuda" => cuda_hooks(cfg),
-        other => bail!("config field device must be \"cpu\" or \"cuda\", got {other:?}"),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_hooks(cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
-    Ok(Box::new(super::gpu::golden::GpuHooks::new(cfg)?))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_hooks(_cfg: &Config) -> Result<Box<dyn GoldenHooks>> {
-    Err(super::engine::no_cuda_feature())
 }

@@ -1,7 +1,7 @@
-//! Metrics (ALGORITHM.md section 6): Effective Rank from singular values.
+//! Metrics (docs/algorithm.md section 6): Effective Rank from singular values.
 //! Perplexity (exp of the mean loss), accuracy and the convergence rate are
 //! computed where they arise (train_loop, ops::cross_entropy,
-//! ops::phase1_losses).
+//! loss::phase1_losses).
 
 use crate::rng::Rng;
 use anyhow::{anyhow, Result};

@@ -1,4 +1,4 @@
-//! New-LLM (ALGORITHM.md): a ContextBlock trained to fixed-point contexts
+//! New-LLM (docs/algorithm.md): a ContextBlock trained to fixed-point contexts
 //! (Phase 1), then a TokenBlock + head trained for next-token prediction on
 //! the frozen contexts (Phase 2).
 //!
@@ -18,6 +18,7 @@ pub mod golden;
 pub mod golden_hooks;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -1,4 +1,4 @@
-//! The whole New-LLM model, top to bottom (ALGORITHM.md section 2):
+//! The whole New-LLM model, top to bottom (docs/algorithm.md section 2):
 //! embedding + embed_norm -> ContextBlock (ContextLayers) and TokenBlock
 //! (TokenLayers reading layer-matched contexts) -> output head.
 //! Forward and backward are written out by hand over flat parameter buffers,

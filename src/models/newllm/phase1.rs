@@ -1,8 +1,9 @@
-//! Phase 1: fixed-point context learning (ALGORITHM.md section 3). Trains
+//! Phase 1: fixed-point context learning (docs/algorithm.md section 3). Trains
 //! the ContextBlock only; one iteration = one Adam step over the whole
 //! training stream, gradients accumulated over `phase1_batch_size` batches.
 
 use super::cache::sequential_pass;
+use super::loss;
 use super::model::{BlockActs, Model};
 use crate::cell_result::Phase1Iteration;
 use crate::config::{Config, Phase1Init};
@@ -96,7 +97,7 @@ impl Phase1 {
             model.context_forward(&self.ctx_in, &self.x, rows, &mut self.acts);
             let out = &self.acts.last()[..rows * c];
             let prev = &self.prev[s * c..(s + rows) * c];
-            let (cvfp, div, conv) = ops::phase1_losses(
+            let (cvfp, div, conv) = loss::phase1_losses(
                 out,
                 prev,
                 c,
@@ -110,7 +111,7 @@ impl Phase1 {
             let frac = rows as f64 / n as f64;
             st.cvfp_loss += cvfp * frac;
             st.diversity_loss += div * frac;
-            st.total_loss += ops::phase1_total_loss(cvfp, div, w) * frac;
+            st.total_loss += loss::phase1_total_loss(cvfp, div, w) * frac;
             st.converged_tokens += conv;
             model.context_backward(
                 &self.ctx_in,

@@ -1,4 +1,4 @@
-//! Phase 2: next-token prediction (ALGORITHM.md section 5). The ContextBlock
+//! Phase 2: next-token prediction (docs/algorithm.md section 5). The ContextBlock
 //! is frozen; Adam trains the TokenBlock + head over the training positions
 //! in stream order; validation after every epoch; early stopping on
 //! validation loss with `phase2_patience` (0 = fixed epochs).

@@ -8,13 +8,13 @@
 
 use super::model::{Transformer, TransformerDims};
 use super::train::{batches, Batch, Trainer};
-use crate::cell_result::{CellResult, Epoch, Timings};
+use crate::cell_result::{Epoch, Timings};
 use crate::config::Config;
 use crate::data::Split;
 use crate::io::{log_line, rewrite_log, save_safetensors};
-use crate::memory::{gib, peak_rss, refuse_if_disk_too_small, refuse_if_too_big};
+use crate::memory::{gib, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::newllm::model::block_param_counts;
-use crate::models::CellPaths;
+use crate::models::{CellPaths, ModelRun, Scored};
 use crate::state::{self, Fingerprint, Saver};
 use crate::train_loop::{self, EpochProgress, EpochSteps, Evaluation};
 use anyhow::{Context, Result};
@@ -245,14 +245,15 @@ fn resume(steps: &mut Steps, saver: &Saver) -> Result<Option<Meta>> {
 
 /// Trains on `split.train`, validates on every position of `split.val`
 /// after each epoch; writes the epoch log and the best weights to `paths`.
-pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Result<CellResult> {
+pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
     let t_all = Instant::now();
     let dims = dims_for(cfg);
     dims.validate()?;
     let (n, m) = (split.train.len(), split.val.len());
     let predicted = predict_peak_bytes(cfg);
     eprintln!(
-        "transformer cell {samples} samples: {} layers x d_model {}, {} heads, block {}; {n} train / {m} val tokens, predicted peak memory {}",
+        "transformer cell {} samples: {} layers x d_model {}, {} heads, block {}; {n} train / {m} val tokens, predicted peak memory {}",
+        split.samples,
         dims.n_layer,
         dims.d_model,
         dims.n_head,
@@ -318,33 +319,16 @@ pub fn run(cfg: &Config, samples: usize, split: &Split, paths: &CellPaths) -> Re
         .as_ref()
         .expect("set above")
         .meta(&log, steps.trainer.adam.t);
-    let best = log.epochs[log.best_epoch - 1].clone();
     let mut seconds = Timings::default();
     seconds.add("train", so_far.train_seconds);
     seconds.add("state_write", so_far.state_write_seconds);
     seconds.add("total", so_far.total_seconds);
-    Ok(CellResult {
-        model: "transformer".into(),
-        replicate: 0,
+    Ok(ModelRun {
         ran_on: "cpu".into(),
-        samples,
-        train_tokens: n,
-        val_tokens: m,
-        val_ppl: best.val_ppl,
-        val_loss: best.val_loss,
-        val_acc: best.val_acc,
-        val_set: split.val_set_id(),
-        val_sample_losses: log.best_sample_losses.clone(),
-        val_sample_positions: split.val_positions_per_sample(),
-        best_epoch: log.best_epoch,
-        stop_epoch: log.stop_epoch(),
-        early_stopped: log.early_stopped,
-        epochs: log.epochs,
-        seconds,
         threads: crate::ops::threads(),
         predicted_peak_bytes: predicted,
-        measured_peak_bytes: peak_rss().unwrap_or(0),
-        config: cfg.clone(),
+        seconds,
+        scored: Scored::Epochs(log),
         architecture: format!(
             "{} layers x d_model {}, {} heads, block {}",
             dims.n_layer, dims.d_model, dims.n_head, dims.block_size

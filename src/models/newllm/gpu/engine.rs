@@ -5,10 +5,10 @@
 //! results the caller asked for.
 
 use super::cache::recurrent_pass;
-use super::model::GpuBlock;
+use super::model::DevModel;
 use super::phase1::{GpuPhase1, GpuPhase1Steps};
 use super::phase2::{GpuPhase2, GpuPhase2Steps};
-use super::runtime::{Buf, Dev};
+use super::runtime::Dev;
 use crate::config::{Config, TrainCache};
 use crate::models::newllm::engine::Engine;
 use crate::models::newllm::model::Model;
@@ -17,23 +17,6 @@ use crate::models::newllm::phase2::{self, OnEpoch, Phase2Outcome, Phase2Resume, 
 use crate::train_loop;
 use anyhow::{bail, Result};
 use std::time::Instant;
-
-/// The model parts a stage needs on the device.
-pub(crate) struct DevModel {
-    pub ctx: GpuBlock,
-    pub tv: Buf<f32>,
-    pub ek: (usize, usize),
-}
-
-impl DevModel {
-    pub(crate) fn upload(dev: &Dev, model: &Model) -> Result<DevModel> {
-        Ok(DevModel {
-            ctx: GpuBlock::upload(dev, &model.context)?,
-            tv: dev.upload(&model.token_vectors)?,
-            ek: (model.cfg.embed_dim, model.cfg.num_input_tokens),
-        })
-    }
-}
 
 /// The GPU engine: one device, opened once.
 pub struct GpuEngine {

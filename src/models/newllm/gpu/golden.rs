@@ -3,8 +3,8 @@
 //! device buffers.
 
 use super::cache::{gather_src, gather_tokens};
-use super::engine::{DevModel, GpuEngine};
-use super::model::{context_forward, BlockBufs};
+use super::engine::GpuEngine;
+use super::model::{context_forward, BlockBufs, DevModel};
 use super::phase1::GpuPhase1;
 use super::phase2::GpuPhase2;
 use crate::config::Config;

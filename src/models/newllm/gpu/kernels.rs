@@ -360,7 +360,7 @@ extern "C" __global__ void col_sum_f64(int rows, int n, const float* a, double* 
     }
 }
 
-// Phase-1 per-row statistics (ops::phase1_losses), one block per row:
+// Phase-1 per-row statistics (loss::phase1_losses), one block per row:
 // row_sq = sum (out - prev)^2, row_fr = sum (out - colmean)^2, conv = row MSE < threshold.
 extern "C" __global__ void p1_row_stats(int rows, int n, const float* out, const float* prev,
         const double* colsum, double threshold, double* row_sq, double* row_fr, int* conv) {
@@ -430,6 +430,25 @@ extern "C" __global__ void adam_step(long long n, float* p, const float* g, floa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's Adam literals are ops::ADAM_* as f32, so CPU and GPU
+    /// take the same step.
+    #[test]
+    fn adam_kernel_uses_the_cpu_constants() {
+        use crate::ops::{ADAM_BETA1, ADAM_BETA2, ADAM_EPS};
+        let f = |v: f64| format!("{:?}f", v as f32);
+        for line in [
+            format!("{} * m[i] + {} * gi", f(ADAM_BETA1), f(1.0 - ADAM_BETA1)),
+            format!(
+                "{} * v[i] + {} * gi * gi",
+                f(ADAM_BETA2),
+                f(1.0 - ADAM_BETA2)
+            ),
+            format!("/ bc2 + {:e}f)", ADAM_EPS),
+        ] {
+            assert!(SOURCE.contains(&line), "adam_step lacks {line}");
+        }
+    }
 
     #[test]
     fn every_entry_point_is_defined_once_and_extern_c() {

@@ -48,7 +48,7 @@ mod tests {
             return;
         }
         let cfg = Config {
-            device: "cuda".into(),
+            device: crate::config::Device::Cuda,
             ..Config::default()
         };
         let err = crate::models::newllm::engine::for_config(&cfg)

@@ -3,9 +3,26 @@
 //! function for function.
 
 use super::runtime::{Arg, Buf, Dev};
-use crate::models::newllm::model::{Block, Layer};
+use crate::models::newllm::model::{Block, Layer, Model};
 use crate::ops::Trans;
 use anyhow::Result;
+
+/// The model parts a stage needs on the device.
+pub(crate) struct DevModel {
+    pub ctx: GpuBlock,
+    pub tv: Buf<f32>,
+    pub ek: (usize, usize),
+}
+
+impl DevModel {
+    pub(crate) fn upload(dev: &Dev, model: &Model) -> Result<DevModel> {
+        Ok(DevModel {
+            ctx: GpuBlock::upload(dev, &model.context)?,
+            tv: dev.upload(&model.token_vectors)?,
+            ek: (model.cfg.embed_dim, model.cfg.num_input_tokens),
+        })
+    }
+}
 
 /// A block's parameters on the device, with its layer table.
 pub struct GpuBlock {

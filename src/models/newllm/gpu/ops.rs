@@ -53,11 +53,8 @@ impl GpuAdam {
     }
 
     pub fn step(&mut self, dev: &Dev, params: &Buf<f32>, grad: &Buf<f32>) -> Result<()> {
-        const B1: f64 = 0.9;
-        const B2: f64 = 0.999;
         self.t += 1;
-        let step = (self.lr / (1.0 - B1.powi(self.t as i32))) as f32;
-        let bc2 = (1.0 - B2.powi(self.t as i32)).sqrt() as f32;
+        let (step, bc2) = crate::ops::adam_scales(self.lr, self.t);
         dev.launch_n(
             "adam_step",
             params.len,

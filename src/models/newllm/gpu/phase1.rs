@@ -2,17 +2,16 @@
 //! one iteration's accumulation, and the steps the shared loop drives.
 
 use super::cache::{gather_tokens, recurrent_pass};
-use super::engine::DevModel;
-use super::model::{context_backward, context_forward, BlockBufs};
+use super::model::{context_backward, context_forward, BlockBufs, DevModel};
 use super::ops::{clip_grad_norm, GpuAdam};
 use super::runtime::{Arg, Buf, Dev};
 use crate::cell_result::Phase1Iteration;
 use crate::config::{Config, Phase1Init};
+use crate::models::newllm::loss;
 use crate::models::newllm::model::Model;
 use crate::models::newllm::phase1::{
     IterationStats, OnIteration, Phase1Steps, NOISE_SALT, RANDOM_INIT_SALT,
 };
-use crate::ops;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -167,7 +166,7 @@ impl GpuPhase1 {
                 .map(|&v| v as i64)
                 .sum();
             let scale = 1.0 / num_batches as f64;
-            let (cvfp, div, a, b) = ops::phase1_loss_terms(sq, fr, rows, c, w, scale);
+            let (cvfp, div, a, b) = loss::phase1_loss_terms(sq, fr, rows, c, w, scale);
             dev.launch_n(
                 "p1_grad",
                 rows * c,
@@ -186,7 +185,7 @@ impl GpuPhase1 {
             let frac = rows as f64 / n as f64;
             st.cvfp_loss += cvfp * frac;
             st.diversity_loss += div * frac;
-            st.total_loss += ops::phase1_total_loss(cvfp, div, w) * frac;
+            st.total_loss += loss::phase1_total_loss(cvfp, div, w) * frac;
             st.converged_tokens += conv as usize;
             context_backward(
                 dev,
@@ -234,10 +233,11 @@ impl Phase1Steps for GpuPhase1Steps<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::models::newllm::loss;
     use crate::ops;
 
     /// The Phase-1 kernels' arithmetic (p1_row_stats, col_sum_f64, p1_grad),
-    /// transcribed to Rust, with `batch_losses` gives ops::phase1_losses.
+    /// transcribed to Rust, with `batch_losses` gives loss::phase1_losses.
     #[test]
     fn phase1_kernel_arithmetic_matches_ops() {
         let (rows, n, w, thr, scale) = (7, 5, 0.8, 0.3, 0.25);
@@ -247,7 +247,7 @@ mod tests {
         ops::tests::fill(&mut prev, 22);
         let mut want = vec![0.0f32; rows * n];
         let mut col_mean = vec![0.0; n];
-        let (cvfp, div, conv) = ops::phase1_losses(
+        let (cvfp, div, conv) = loss::phase1_losses(
             &out,
             &prev,
             n,
@@ -273,7 +273,7 @@ mod tests {
             fr += rf;
             cv += usize::from(rs / (n as f64) < thr);
         }
-        let (c2, d2, a, b) = ops::phase1_loss_terms(sq, fr, rows, n, w, scale);
+        let (c2, d2, a, b) = loss::phase1_loss_terms(sq, fr, rows, n, w, scale);
         assert!((c2 - cvfp).abs() < 1e-12 && (d2 - div).abs() < 1e-12 && cv == conv);
         for idx in 0..rows * n {
             let m = (colsum[idx % n] / rows as f64) as f32;

@@ -3,9 +3,8 @@
 //! steps the shared epoch loop drives.
 
 use super::cache::{gather_src, gather_tokens};
-use super::engine::DevModel;
 use super::model::{
-    context_forward, token_backward, token_forward, BlockBufs, GpuBlock, TokenParts,
+    context_forward, token_backward, token_forward, BlockBufs, DevModel, GpuBlock, TokenParts,
 };
 use super::ops::{clip_grad_norm, GpuAdam};
 use super::runtime::{Arg, Buf, Dev};
