@@ -11,7 +11,10 @@ use super::memory::{predict_peak_bytes, predict_state_bytes};
 use super::metrics::effective_rank;
 use super::model::Model;
 use super::phase2::Stream;
-use super::resume::{phase1_line, phase2_line, restore, Meta, Stage};
+use super::resume::{
+    phase1_line, phase2_line, restore, Arrays, Meta, Phase1Arrays, Phase2Arrays, Saved, Stage,
+    StageSeconds,
+};
 use crate::cell_result::NewLlmResult;
 use crate::config::Config;
 use crate::data::{load_pretrained_embeddings, Split};
@@ -19,6 +22,7 @@ use crate::io::{log_line, rewrite_log};
 use crate::memory::{gib, refuse_if_disk_too_small, refuse_if_too_big};
 use crate::models::{CellPaths, ModelRun, Scored};
 use crate::state::{Fingerprint, Saver};
+use crate::train_loop::EpochProgress;
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -36,92 +40,148 @@ pub fn phase2_flops_per_token(ctx: usize, tok: usize, head: usize) -> f64 {
 /// state and checkpoint to `paths` (the caller writes the result and then
 /// removes the state).
 pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
-    let t_all = Instant::now();
-    let threads = crate::ops::threads();
-    let mut engine = engine::for_config(cfg)?;
-    if cfg.num_input_tokens > split.val.len() {
-        bail!(
-            "num_input_tokens = {} is larger than the validation stream ({} tokens); use more samples or a smaller k",
-            cfg.num_input_tokens,
-            split.val.len()
-        );
-    }
-    let (n, m) = (split.train.len(), split.val.len());
-    // Predicted from the config, before the model or any buffer exists.
-    let predicted = predict_peak_bytes(cfg, n, m);
-    let state_bytes = predict_state_bytes(cfg, n, m);
-    eprintln!(
-        "cell {} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}, resume state up to {} on disk",
-        split.samples,
-        threads,
-        gib(predicted),
-        gib(state_bytes)
-    );
-    refuse_if_too_big(
-        predicted,
-        "use fewer samples, a smaller embed_dim / context_dim / phase1_batch_size / phase2_batch_size, or a machine with more memory",
-    )?;
-    refuse_if_disk_too_small(&paths.state, state_bytes)?;
-    let t = Instant::now();
-    let embedding = if cfg.pretrained_embeddings.is_empty() {
-        None
-    } else {
-        Some(load_pretrained_embeddings(
-            Path::new(&cfg.pretrained_embeddings),
-            cfg.vocab_size,
-            cfg.embed_dim,
-        )?)
-    };
-    let data_seconds = t.elapsed().as_secs_f64();
-    let mut model = Model::new(cfg, embedding)?;
-    let mut saver = Saver::new(
-        paths.state.clone(),
-        Fingerprint::new(cfg, &split.train, &split.val)?,
-        cfg,
-    );
-    // The state's weights go into `model`.
-    let saved = match saver.load()? {
-        Some(l) => Some(restore(l, &mut model, n, m)?),
-        None => None,
-    };
-    let log = paths.log.clone();
-    let c = cfg.context_dim;
-    let mut meta = match &saved {
-        Some(s) => {
-            eprintln!(
-                "  resuming from {} (stage {:?}, Phase-1 iteration {}{})",
-                saver.path.display(),
-                s.meta.stage,
-                s.meta.phase1_log.len(),
-                s.meta
-                    .phase2
-                    .as_ref()
-                    .map_or(String::new(), |p| format!(", epoch {}", p.stop_epoch()))
-            );
-            s.meta.clone()
-        }
-        None => Meta::default(),
-    };
-    // The log so far is the state's; lines written after it are redone.
-    rewrite_log(&log, &meta.log_lines())?;
-    let (mut phase1, mut train_src, mut val_src, mut phase2) = match saved {
-        Some(s) => (s.phase1, s.train_src, s.val_src, s.phase2),
-        None => (None, None, None, None),
-    };
-    let fresh = phase1.is_none() && train_src.is_none();
-    meta.seconds.data += data_seconds;
-    let base = meta.seconds.clone();
+    let mut cell = Cell::open(cfg, split, paths)?;
+    let train_src = cell.phase1_and_train_cache()?;
+    let val_src = cell.val_cache(&train_src)?;
+    let best_token = cell.phase2(&train_src, &val_src)?;
+    cell.finish(&best_token)
+}
 
-    // ---- Phase 1 (fresh or resumed), then the train ER and cache
-    if fresh || phase1.is_some() {
+/// One cell in progress: the model, the engine running its stages, the
+/// state's writer and meta, and what a state held for the stages still to run.
+struct Cell<'a> {
+    cfg: &'a Config,
+    split: &'a Split,
+    paths: &'a CellPaths,
+    engine: Box<dyn Engine>,
+    model: Model,
+    saver: Saver,
+    meta: Meta,
+    saved: Saved,
+    /// The seconds of earlier runs, and when this one started.
+    base: StageSeconds,
+    started: Instant,
+    threads: usize,
+    predicted: u64,
+    /// The Phase-2 curve, once run.
+    progress: Option<EpochProgress>,
+}
+
+impl<'a> Cell<'a> {
+    /// Checks and predictions before anything large is made, the model, and
+    /// the state if an interrupted run left one (its log rewritten to match).
+    fn open(cfg: &'a Config, split: &'a Split, paths: &'a CellPaths) -> Result<Cell<'a>> {
+        let started = Instant::now();
+        let threads = crate::ops::threads();
+        let engine = engine::for_config(cfg)?;
+        if cfg.num_input_tokens > split.val.len() {
+            bail!(
+                "num_input_tokens = {} is larger than the validation stream ({} tokens); use more samples or a smaller k",
+                cfg.num_input_tokens,
+                split.val.len()
+            );
+        }
+        let (n, m) = (split.train.len(), split.val.len());
+        // Predicted from the config, before the model or any buffer exists.
+        let predicted = predict_peak_bytes(cfg, n, m);
+        let state_bytes = predict_state_bytes(cfg, n, m);
+        eprintln!(
+            "cell {} samples: {n} train / {m} val tokens, {} threads, predicted peak memory {}, resume state up to {} on disk",
+            split.samples,
+            threads,
+            gib(predicted),
+            gib(state_bytes)
+        );
+        refuse_if_too_big(
+            predicted,
+            "use fewer samples, a smaller embed_dim / context_dim / phase1_batch_size / phase2_batch_size, or a machine with more memory",
+        )?;
+        refuse_if_disk_too_small(&paths.state, state_bytes)?;
         let t = Instant::now();
-        let resume = phase1.take();
+        let embedding = if cfg.pretrained_embeddings.is_empty() {
+            None
+        } else {
+            Some(load_pretrained_embeddings(
+                Path::new(&cfg.pretrained_embeddings),
+                cfg.vocab_size,
+                cfg.embed_dim,
+            )?)
+        };
+        let data_seconds = t.elapsed().as_secs_f64();
+        let mut model = Model::new(cfg, embedding)?;
+        let saver = Saver::new(
+            paths.state.clone(),
+            Fingerprint::new(cfg, &split.train, &split.val)?,
+            cfg,
+        );
+        // The state's weights go into `model`.
+        let saved = match saver.load()? {
+            Some(l) => {
+                let s = restore(l, &mut model, n, m)?;
+                eprintln!(
+                    "  resuming from {} (stage {:?}, Phase-1 iteration {}{})",
+                    saver.path.display(),
+                    s.meta.stage,
+                    s.meta.phase1_log.len(),
+                    s.meta
+                        .phase2
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(", epoch {}", p.stop_epoch()))
+                );
+                s
+            }
+            None => Saved::default(),
+        };
+        let mut meta = saved.meta.clone();
+        // The log so far is the state's; lines written after it are redone.
+        rewrite_log(&paths.log, &meta.log_lines())?;
+        meta.seconds.data += data_seconds;
+        let base = meta.seconds.clone();
+        Ok(Cell {
+            cfg,
+            split,
+            paths,
+            engine,
+            model,
+            saver,
+            meta,
+            saved,
+            base,
+            started,
+            threads,
+            predicted,
+            progress: None,
+        })
+    }
+
+    /// Phase 1 (fresh or resumed), the train Effective Rank and the training
+    /// cache; or the cache a state already holds.
+    fn phase1_and_train_cache(&mut self) -> Result<Vec<f32>> {
+        if let Some(src) = self.saved.train_src.take() {
+            if self.saved.phase1.is_none() {
+                return Ok(src);
+            }
+        }
+        let Cell {
+            cfg,
+            split,
+            paths,
+            engine,
+            model,
+            saver,
+            meta,
+            saved,
+            base,
+            started,
+            ..
+        } = self;
+        let t = Instant::now();
         let p1 = Engine::phase1_run(
-            &mut *engine,
-            &mut model,
+            &mut **engine,
+            model,
             &split.train,
             None,
-            resume,
+            saved.phase1.take(),
             &mut |log_so_far, snapshot| {
                 let it = log_so_far.last().expect("a report follows an iteration");
                 eprintln!(
@@ -133,7 +193,7 @@ pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
                     100.0 * it.convergence_rate,
                     it.seconds
                 );
-                log_line(&log, &phase1_line(it))?;
+                log_line(&paths.log, &phase1_line(it))?;
                 let Some(s) = snapshot else {
                     return saver.safe_point_without_state(&format!("phase1-{}", it.iteration));
                 };
@@ -141,16 +201,21 @@ pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
                 meta.phase1_adam_t = s.adam.t;
                 meta.noise = Some(s.noise.clone());
                 meta.seconds.phase1 = base.phase1 + t.elapsed().as_secs_f64();
-                meta.seconds.stamp(&base, t_all, saver.seconds);
+                meta.seconds.stamp(base, *started, saver.seconds);
+                let arrays = Arrays {
+                    context: s.context_params,
+                    phase1: Some(Phase1Arrays {
+                        adam: s.adam,
+                        prev: s.prev,
+                    }),
+                    train_src: None,
+                    val_src: None,
+                    phase2: None,
+                };
                 saver.safe_point(
                     &format!("phase1-{}", it.iteration),
-                    || Ok(serde_json::to_value(&meta)?),
-                    &[
-                        ("context", s.context_params),
-                        ("phase1_adam_m", &s.adam.m),
-                        ("phase1_adam_v", &s.adam.v),
-                        ("prev", s.prev),
-                    ],
+                    || Ok(serde_json::to_value(&*meta)?),
+                    &arrays.named(),
                 )
             },
         )
@@ -160,163 +225,211 @@ pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
         meta.noise = None;
         meta.seconds.phase1 = base.phase1 + t.elapsed().as_secs_f64();
         let t = Instant::now();
+        let c = cfg.context_dim;
         meta.train_er = effective_rank(&p1.prev, c, cfg.effective_rank_max_rows, cfg.seed)?.0;
         meta.seconds.effective_rank += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let src = engine.train_cache(&model, &split.train, &p1.prev)?;
+        let src = engine.train_cache(model, &split.train, &p1.prev)?;
         drop(p1.prev);
         meta.seconds.train_cache += t.elapsed().as_secs_f64();
         meta.stage = Stage::TrainCache;
-        meta.seconds.stamp(&base, t_all, saver.seconds);
-        saver.safe_point(
-            "train_cache",
-            || Ok(serde_json::to_value(&meta)?),
-            &[("context", &model.context.params.data), ("train_src", &src)],
-        )?;
-        train_src = Some(src);
+        self.safe_point("train_cache", Some(&src), None, None)?;
+        Ok(src)
     }
-    let train_src = train_src.expect("set by Phase 1 or the state");
 
-    // ---- the validation cache and its ER
-    if val_src.is_none() {
-        let t = Instant::now();
-        let src = engine.sequential_pass(&model, &split.val, m - 1)?;
-        meta.seconds.val_cache += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        meta.val_er = effective_rank(&src, c, cfg.effective_rank_max_rows, cfg.seed)?.0;
-        meta.seconds.effective_rank += t.elapsed().as_secs_f64();
-        meta.stage = Stage::Caches;
-        meta.seconds.stamp(&base, t_all, saver.seconds);
-        saver.safe_point(
-            "val_cache",
-            || Ok(serde_json::to_value(&meta)?),
-            &[
-                ("context", &model.context.params.data),
-                ("train_src", &train_src),
-                ("val_src", &src),
-            ],
-        )?;
-        val_src = Some(src);
+    /// The validation cache and its Effective Rank, or the one a state holds.
+    fn val_cache(&mut self, train_src: &[f32]) -> Result<Vec<f32>> {
+        let src = match self.saved.val_src.take() {
+            Some(src) => src,
+            None => {
+                let (cfg, m) = (self.cfg, self.split.val.len());
+                let t = Instant::now();
+                let src = self
+                    .engine
+                    .sequential_pass(&self.model, &self.split.val, m - 1)?;
+                self.meta.seconds.val_cache += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                self.meta.val_er =
+                    effective_rank(&src, cfg.context_dim, cfg.effective_rank_max_rows, cfg.seed)?.0;
+                self.meta.seconds.effective_rank += t.elapsed().as_secs_f64();
+                self.meta.stage = Stage::Caches;
+                self.safe_point("val_cache", Some(train_src), Some(&src), None)?;
+                src
+            }
+        };
+        let c = self.cfg.context_dim as f64;
+        eprintln!(
+            "  effective rank: train {:.1}% val {:.1}% (caches {:.1}s + {:.1}s)",
+            100.0 * self.meta.train_er / c,
+            100.0 * self.meta.val_er / c,
+            self.meta.seconds.train_cache,
+            self.meta.seconds.val_cache
+        );
+        Ok(src)
     }
-    let val_src = val_src.expect("set by the cache or the state");
-    let (train_er, val_er) = (meta.train_er, meta.val_er);
-    eprintln!(
-        "  effective rank: train {:.1}% val {:.1}% (caches {:.1}s + {:.1}s)",
-        100.0 * train_er / c as f64,
-        100.0 * val_er / c as f64,
-        meta.seconds.train_cache,
-        meta.seconds.val_cache
-    );
 
-    // ---- Phase 2 (fresh or resumed)
-    let t = Instant::now();
-    let ts = Stream {
-        ids: &split.train,
-        src: &train_src,
-        bins: &[],
-    };
-    let val_bins = split.val_bins();
-    let vs = Stream {
-        ids: &split.val,
-        src: &val_src,
-        bins: &val_bins,
-    };
-    let phase2_base = meta.seconds.phase2;
-    let p2 = Engine::phase2_run(
-        &mut *engine,
-        &mut model,
-        &ts,
-        &vs,
-        phase2.take(),
-        &mut |progress, snapshot| {
-            let e = progress.epochs.last().expect("a report follows an epoch");
+    /// Writes the state at a safe point between stages (the stage's arrays
+    /// after the ContextBlock).
+    fn safe_point(
+        &mut self,
+        point: &str,
+        train_src: Option<&[f32]>,
+        val_src: Option<&[f32]>,
+        phase2: Option<Phase2Arrays>,
+    ) -> Result<()> {
+        self.meta
+            .seconds
+            .stamp(&self.base, self.started, self.saver.seconds);
+        let arrays = Arrays {
+            context: &self.model.context.params.data,
+            phase1: None,
+            train_src,
+            val_src,
+            phase2,
+        };
+        let meta = &self.meta;
+        self.saver
+            .safe_point(point, || Ok(serde_json::to_value(meta)?), &arrays.named())
+    }
+
+    /// Phase 2 (fresh or resumed) on the two caches; returns the best
+    /// epoch's TokenBlock + head.
+    fn phase2(&mut self, train_src: &[f32], val_src: &[f32]) -> Result<Vec<f32>> {
+        let Cell {
+            split,
+            paths,
+            engine,
+            model,
+            saver,
+            meta,
+            saved,
+            base,
+            started,
+            ..
+        } = self;
+        let t = Instant::now();
+        let ts = Stream {
+            ids: &split.train,
+            src: train_src,
+            bins: &[],
+        };
+        let val_bins = split.val_bins();
+        let vs = Stream {
+            ids: &split.val,
+            src: val_src,
+            bins: &val_bins,
+        };
+        let phase2_base = meta.seconds.phase2;
+        let p2 = Engine::phase2_run(
+            &mut **engine,
+            model,
+            &ts,
+            &vs,
+            saved.phase2.take(),
+            &mut |progress, snapshot| {
+                let e = progress.epochs.last().expect("a report follows an epoch");
+                eprintln!(
+                    "  phase2 epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
+                    e.epoch,
+                    e.train_ppl,
+                    e.val_ppl,
+                    100.0 * e.val_acc,
+                    e.seconds
+                );
+                log_line(&paths.log, &phase2_line(e))?;
+                let Some(s) = snapshot else {
+                    return saver.safe_point_without_state(&format!("phase2-{}", e.epoch));
+                };
+                meta.stage = Stage::Phase2;
+                meta.phase2 = Some(progress.clone());
+                meta.phase2_adam_t = s.adam.t;
+                meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
+                meta.seconds.stamp(base, *started, saver.seconds);
+                let arrays = Arrays {
+                    context: s.context_params,
+                    phase1: None,
+                    train_src: Some(train_src),
+                    val_src: Some(val_src),
+                    phase2: Some(Phase2Arrays {
+                        token: s.token_params,
+                        adam: s.adam,
+                        best_token: s.best_params,
+                    }),
+                };
+                saver.safe_point(
+                    &format!("phase2-{}", e.epoch),
+                    || Ok(serde_json::to_value(&*meta)?),
+                    &arrays.named(),
+                )
+            },
+        )
+        .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
+        meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
+        self.progress = Some(p2.progress);
+        Ok(p2.best_params)
+    }
+
+    /// The best weights into the checkpoint, the device and state-write
+    /// summaries, and the run's record.
+    fn finish(mut self, best_token: &[f32]) -> Result<ModelRun> {
+        let (cfg, secs) = (self.cfg, &self.meta.seconds);
+        if let Some(peak) = self.engine.peak_device_bytes() {
             eprintln!(
-                "  phase2 epoch {:>2}: train ppl {:.1} val ppl {:.1} val acc {:.1}% ({:.1}s)",
-                e.epoch,
-                e.train_ppl,
-                e.val_ppl,
-                100.0 * e.val_acc,
-                e.seconds
+                "  {}: stages data {:.1}s phase1 {:.1}s train_cache {:.1}s val_cache {:.1}s phase2 {:.1}s | {:.0} train tokens/s in the train cache | peak device memory {}",
+                self.engine.describe(),
+                secs.data,
+                secs.phase1,
+                secs.train_cache,
+                secs.val_cache,
+                secs.phase2,
+                (self.split.train.len() - 1) as f64 / secs.train_cache.max(1e-9),
+                gib(peak)
             );
-            log_line(&log, &phase2_line(e))?;
-            let Some(s) = snapshot else {
-                return saver.safe_point_without_state(&format!("phase2-{}", e.epoch));
-            };
-            meta.stage = Stage::Phase2;
-            meta.phase2 = Some(progress.clone());
-            meta.phase2_adam_t = s.adam.t;
-            meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
-            meta.seconds.stamp(&base, t_all, saver.seconds);
-            saver.safe_point(
-                &format!("phase2-{}", e.epoch),
-                || Ok(serde_json::to_value(&meta)?),
-                &[
-                    ("context", s.context_params),
-                    ("train_src", &train_src),
-                    ("val_src", &val_src),
-                    ("token", s.token_params),
-                    ("phase2_adam_m", &s.adam.m),
-                    ("phase2_adam_v", &s.adam.v),
-                    ("best_token", s.best_params),
-                ],
-            )
-        },
-    )
-    .map_err(|e| e.context(format!("log so far: {}", paths.log.display())))?;
-    meta.seconds.phase2 = phase2_base + t.elapsed().as_secs_f64();
-    if let Some(peak) = engine.peak_device_bytes() {
-        let secs = &meta.seconds;
-        eprintln!(
-            "  {}: stages data {:.1}s phase1 {:.1}s train_cache {:.1}s val_cache {:.1}s phase2 {:.1}s | {:.0} train tokens/s in the train cache | peak device memory {}",
-            engine.describe(),
-            secs.data,
-            secs.phase1,
-            secs.train_cache,
-            secs.val_cache,
-            secs.phase2,
-            (n - 1) as f64 / secs.train_cache.max(1e-9),
-            gib(peak)
-        );
+        }
+        self.model.token.params.data.copy_from_slice(best_token);
+        save_checkpoint(&self.model, &self.paths.checkpoint)?;
+        self.meta
+            .seconds
+            .stamp(&self.base, self.started, self.saver.seconds);
+        let saver = &self.saver;
+        if saver.writes > 0 {
+            eprintln!(
+                "  resume state: {} writes in {:.2}s ({:.2}% of this run), last {}",
+                saver.writes,
+                saver.seconds,
+                100.0 * saver.seconds / self.started.elapsed().as_secs_f64().max(1e-9),
+                gib(saver.last_bytes)
+            );
+        }
+        let meta = self.meta;
+        let c = cfg.context_dim as f64;
+        let last = meta.phase1_log.last().cloned().unwrap_or_default();
+        let [ctx, tok, head, _] = self.model.param_counts();
+        Ok(ModelRun {
+            ran_on: self.engine.describe(),
+            threads: self.threads,
+            predicted_peak_bytes: self.predicted,
+            seconds: meta.seconds.timings(),
+            scored: Scored::Epochs(self.progress.expect("Phase 2 ran")),
+            architecture: format!(
+                "{} layers, context_dim {}, embed_dim {}",
+                cfg.num_layers, cfg.context_dim, cfg.embed_dim
+            ),
+            trainable_params: (ctx + tok + head) as u64,
+            non_embedding_params: (ctx + tok) as u64,
+            train_flops_per_token: phase2_flops_per_token(ctx, tok, head),
+            newllm: Some(NewLlmResult {
+                train_er: meta.train_er / c,
+                val_er: meta.val_er / c,
+                train_er_abs: meta.train_er,
+                val_er_abs: meta.val_er,
+                phase1_iterations: meta.phase1_log.len(),
+                phase1_converged: meta.phase1_converged,
+                phase1_final_convergence_rate: last.convergence_rate,
+                phase1: meta.phase1_log,
+            }),
+        })
     }
-    model.token.params.data.copy_from_slice(&p2.best_params);
-    save_checkpoint(&model, &paths.checkpoint)?;
-    meta.seconds.stamp(&base, t_all, saver.seconds);
-    if saver.writes > 0 {
-        eprintln!(
-            "  resume state: {} writes in {:.2}s ({:.2}% of this run), last {}",
-            saver.writes,
-            saver.seconds,
-            100.0 * saver.seconds / t_all.elapsed().as_secs_f64().max(1e-9),
-            gib(saver.last_bytes)
-        );
-    }
-
-    let last = meta.phase1_log.last().cloned().unwrap_or_default();
-    let [ctx, tok, head, _] = model.param_counts();
-    Ok(ModelRun {
-        ran_on: engine.describe(),
-        threads,
-        predicted_peak_bytes: predicted,
-        seconds: meta.seconds.timings(),
-        scored: Scored::Epochs(p2.progress),
-        architecture: format!(
-            "{} layers, context_dim {}, embed_dim {}",
-            cfg.num_layers, cfg.context_dim, cfg.embed_dim
-        ),
-        trainable_params: (ctx + tok + head) as u64,
-        non_embedding_params: (ctx + tok) as u64,
-        train_flops_per_token: phase2_flops_per_token(ctx, tok, head),
-        newllm: Some(NewLlmResult {
-            train_er: train_er / c as f64,
-            val_er: val_er / c as f64,
-            train_er_abs: train_er,
-            val_er_abs: val_er,
-            phase1_iterations: meta.phase1_log.len(),
-            phase1_converged: meta.phase1_converged,
-            phase1_final_convergence_rate: last.convergence_rate,
-            phase1: meta.phase1_log,
-        }),
-    })
 }
 
 #[cfg(test)]

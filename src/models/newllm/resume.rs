@@ -110,7 +110,69 @@ pub fn phase2_line(e: &Epoch) -> serde_json::Value {
     serde_json::json!({"stage": "phase2", "epoch": e})
 }
 
-/// A state read back for this cell, its arrays taken out by stage.
+/// The names of the state's arrays, used by writing (`Arrays::named`) and
+/// restoring (`restore`) alike.
+const CONTEXT: &str = "context";
+const PHASE1_ADAM_M: &str = "phase1_adam_m";
+const PHASE1_ADAM_V: &str = "phase1_adam_v";
+const PREV: &str = "prev";
+const TRAIN_SRC: &str = "train_src";
+const VAL_SRC: &str = "val_src";
+const TOKEN: &str = "token";
+const PHASE2_ADAM_M: &str = "phase2_adam_m";
+const PHASE2_ADAM_V: &str = "phase2_adam_v";
+const BEST_TOKEN: &str = "best_token";
+
+/// Phase 1's own arrays at an iteration's safe point.
+pub struct Phase1Arrays<'a> {
+    pub adam: &'a Adam,
+    pub prev: &'a [f32],
+}
+
+/// Phase 2's own arrays at an epoch's safe point.
+pub struct Phase2Arrays<'a> {
+    pub token: &'a [f32],
+    pub adam: &'a Adam,
+    pub best_token: &'a [f32],
+}
+
+/// What a state holds at one safe point, by stage (the module docs' table).
+pub struct Arrays<'a> {
+    pub context: &'a [f32],
+    pub phase1: Option<Phase1Arrays<'a>>,
+    pub train_src: Option<&'a [f32]>,
+    pub val_src: Option<&'a [f32]>,
+    pub phase2: Option<Phase2Arrays<'a>>,
+}
+
+impl<'a> Arrays<'a> {
+    /// The arrays with their names, in file order.
+    pub fn named(&self) -> Vec<(&'static str, &'a [f32])> {
+        let mut out = vec![(CONTEXT, self.context)];
+        if let Some(p) = &self.phase1 {
+            out.extend([
+                (PHASE1_ADAM_M, &p.adam.m[..]),
+                (PHASE1_ADAM_V, &p.adam.v[..]),
+                (PREV, p.prev),
+            ]);
+        }
+        out.extend(self.train_src.map(|a| (TRAIN_SRC, a)));
+        out.extend(self.val_src.map(|a| (VAL_SRC, a)));
+        if let Some(p) = &self.phase2 {
+            out.extend([
+                (TOKEN, p.token),
+                (PHASE2_ADAM_M, &p.adam.m[..]),
+                (PHASE2_ADAM_V, &p.adam.v[..]),
+                (BEST_TOKEN, p.best_token),
+            ]);
+        }
+        out
+    }
+}
+
+/// A state read back for this cell, its arrays taken out by stage (the
+/// default: no state, a fresh cell).
+#[derive(Default)]
 pub struct Saved {
     pub meta: Meta,
     pub phase1: Option<Phase1Resume>,
@@ -132,7 +194,7 @@ pub fn restore(mut l: Loaded, model: &mut Model, n: usize, m: usize) -> Result<S
         model.context.params.data.len(),
         model.token.params.data.len(),
     );
-    model.context.params.data = l.take("context", pc)?;
+    model.context.params.data = l.take(CONTEXT, pc)?;
     let mut saved = Saved {
         meta: meta.clone(),
         phase1: None,
@@ -144,12 +206,12 @@ pub fn restore(mut l: Loaded, model: &mut Model, n: usize, m: usize) -> Result<S
         saved.phase1 = Some(Phase1Resume {
             log: meta.phase1_log.clone(),
             adam: adam(
-                l.take("phase1_adam_m", pc)?,
-                l.take("phase1_adam_v", pc)?,
+                l.take(PHASE1_ADAM_M, pc)?,
+                l.take(PHASE1_ADAM_V, pc)?,
                 meta.phase1_adam_t,
                 cfg.phase1_learning_rate,
             ),
-            prev: l.take("prev", n * c)?,
+            prev: l.take(PREV, n * c)?,
             noise: meta
                 .noise
                 .clone()
@@ -157,24 +219,24 @@ pub fn restore(mut l: Loaded, model: &mut Model, n: usize, m: usize) -> Result<S
         });
         return Ok(saved);
     }
-    saved.train_src = Some(l.take("train_src", (n - 1) * c)?);
+    saved.train_src = Some(l.take(TRAIN_SRC, (n - 1) * c)?);
     if meta.stage >= Stage::Caches {
-        saved.val_src = Some(l.take("val_src", (m - 1) * c)?);
+        saved.val_src = Some(l.take(VAL_SRC, (m - 1) * c)?);
     }
     if meta.stage == Stage::Phase2 {
-        model.token.params.data = l.take("token", pt)?;
+        model.token.params.data = l.take(TOKEN, pt)?;
         saved.phase2 = Some(Phase2Resume {
             progress: meta
                 .phase2
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("a Phase-2 state without its epochs"))?,
             adam: adam(
-                l.take("phase2_adam_m", pt)?,
-                l.take("phase2_adam_v", pt)?,
+                l.take(PHASE2_ADAM_M, pt)?,
+                l.take(PHASE2_ADAM_V, pt)?,
                 meta.phase2_adam_t,
                 cfg.phase2_learning_rate,
             ),
-            best_params: l.take("best_token", pt)?,
+            best_params: l.take(BEST_TOKEN, pt)?,
         });
     }
     Ok(saved)
