@@ -56,27 +56,14 @@ pub(crate) fn tokens_for(
         }
     }
     let samples = source.read(want)?;
-    if samples.is_empty() {
-        bail!(
-            "corpus {} is empty (no samples); give a corpus with at least one conversation or document",
-            source.describe()
-        );
-    }
     let complete = want.is_none_or(|n| samples.len() < n);
-    let (ids, sample_ends) = tokenize_all(&samples)?;
-    write_cache(
-        &path,
-        MAGIC,
-        &key,
-        &[u8::from(complete)],
-        &sample_ends,
-        &ids,
-    )?;
-    let tokens = Tokenized {
-        ids,
-        sample_ends,
+    let tokens = tokenize_into(
+        source,
+        &samples,
         complete,
-    };
+        (&path, MAGIC, &key),
+        &[u8::from(complete)],
+    )?;
     Ok((tokens, CacheUse::Built))
 }
 
@@ -117,27 +104,33 @@ pub(crate) fn last_tokens_for(
         }
     }
     let (samples, total) = source.read_last(k)?;
+    let header = (total as u64).to_le_bytes();
+    let tokens = tokenize_into(source, &samples, false, (&path, LAST_MAGIC, &key), &header)?;
+    Ok((tokens, total, CacheUse::Built))
+}
+
+/// Tokenizes read samples (refusing an empty corpus) and writes them to the
+/// cache file `(path, magic, key)` with `header`.
+fn tokenize_into(
+    source: &Source,
+    samples: &[String],
+    complete: bool,
+    (path, magic, key): (&Path, &[u8; 8], &[u8; 32]),
+    header: &[u8],
+) -> Result<Tokenized> {
     if samples.is_empty() {
         bail!(
             "corpus {} is empty (no samples); give a corpus with at least one conversation or document",
             source.describe()
         );
     }
-    let (ids, sample_ends) = tokenize_all(&samples)?;
-    write_cache(
-        &path,
-        LAST_MAGIC,
-        &key,
-        &(total as u64).to_le_bytes(),
-        &sample_ends,
-        &ids,
-    )?;
-    let tokens = Tokenized {
+    let (ids, sample_ends) = tokenize_all(samples)?;
+    write_cache(path, magic, key, header, &sample_ends, &ids)?;
+    Ok(Tokenized {
         ids,
         sample_ends,
-        complete: false,
-    };
-    Ok((tokens, total, CacheUse::Built))
+        complete,
+    })
 }
 
 // ---- cache files

@@ -10,7 +10,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Fields, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 type Conversation<'a> = &'a [(&'a str, &'a str)];
@@ -288,6 +288,15 @@ fn validation_tokens_never_enter_training() {
     assert_ne!(changed.val, split.val);
 }
 
+/// `n` chat conversations as `dir/chat.jsonl`.
+fn chat_jsonl(dir: &Path, n: usize) -> (Vec<Vec<(String, String)>>, PathBuf) {
+    let convs: Vec<_> = (0..n).map(chat).collect();
+    let path = dir.join("chat.jsonl");
+    let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    (convs, path)
+}
+
 /// Tail mode: the validation samples are the ones the tail overlaps (the
 /// first partly), and every position is binned to its target's sample.
 #[test]
@@ -304,10 +313,7 @@ fn tail_validation_is_binned_by_sample() {
     assert_eq!(split.val_bins(), vec![0, 1, 1, 1, 1]);
     assert_eq!(split.val_positions_per_sample(), vec![1, 4]);
     let dir = scratch("tail-bins");
-    let convs: Vec<_> = (0..6).map(chat).collect();
-    let path = dir.join("chat.jsonl");
-    let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
+    let (_, path) = chat_jsonl(&dir, 6);
     let split = load_split(path.to_str().unwrap(), 6, Validation::Tail(0.4), &dir).unwrap();
     let start = split.train.len();
     let want: Vec<usize> = split
@@ -334,10 +340,7 @@ fn tail_validation_is_binned_by_sample() {
 #[test]
 fn heldout_validation_is_the_same_last_samples_for_every_cell() {
     let dir = scratch("heldout");
-    let convs: Vec<_> = (0..9).map(chat).collect();
-    let path = dir.join("chat.jsonl");
-    let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
+    let (convs, path) = chat_jsonl(&dir, 9);
     let corpus = path.to_str().unwrap();
     let cache = dir.join("cache");
     let tok = Tokenizer::gpt2().unwrap();
@@ -372,10 +375,8 @@ fn heldout_validation_is_the_same_last_samples_for_every_cell() {
 #[test]
 fn cache_is_reused_and_invalidated() {
     let dir = scratch("cache");
-    let convs: Vec<_> = (0..8).map(chat).collect();
-    let path = dir.join("chat.jsonl");
+    let (convs, path) = chat_jsonl(&dir, 8);
     let lines: Vec<String> = convs.iter().map(|c| jsonl_line(c)).collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
     let corpus = path.to_str().unwrap();
     let cache = dir.join("cache");
     let tok = Tokenizer::gpt2().unwrap();

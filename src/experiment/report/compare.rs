@@ -202,12 +202,7 @@ pub fn render_compare_report(shape: &GridShape, sides: &[(String, SweepResults)]
     md += "\n|";
     md += &"---|".repeat(header.matches('|').count() - 1);
     md += "\n";
-    let mut samples: Vec<usize> = sides
-        .iter()
-        .flat_map(|(_, r)| r.cells.iter().map(|c| c.samples))
-        .collect();
-    samples.sort_unstable();
-    samples.dedup();
+    let samples = all_samples(sides);
     let cell = |r: &SweepResults, s: usize| r.cells.iter().find(|c| c.samples == s).cloned();
     for &s in &samples {
         // Token counts differ between sides only when the data settings do.
