@@ -138,6 +138,11 @@ pub struct CellResult {
     /// Where the model ran: "cpu" or the GPU's name.
     #[serde(default = "cpu_name")]
     pub ran_on: String,
+    /// The arithmetic that ran (`config.precision` as this CPU runs it, e.g.
+    /// "bf16 (AVX512_BF16 GEMM)"); "n/a" for the n-gram, which counts.
+    /// Empty in files written before precision was configurable (f32).
+    #[serde(default)]
+    pub precision_ran: String,
     /// Samples (conversations) in this cell.
     pub samples: usize,
     pub train_tokens: usize,
@@ -197,6 +202,7 @@ impl Default for CellResult {
             model: ModelKind::NewLlm,
             replicate: 0,
             ran_on: cpu_name(),
+            precision_ran: String::new(),
             samples: 0,
             train_tokens: 0,
             val_tokens: 0,

@@ -3,6 +3,7 @@
 //! files that override some fields; `--set key=value` overrides any field.
 //! Every result file records the full config it ran with.
 
+use crate::ops::Precision;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -212,6 +213,14 @@ pub struct Config {
     /// device = "cuda" only: let cuBLAS use TF32 tensor cores for the GEMMs
     /// (faster, ~1e-3 relative error; off keeps f32 parity with the CPU).
     pub cuda_allow_tf32: bool,
+    /// GEMM arithmetic of New-LLM and the transformer baseline: "f32" (the
+    /// original's) or "bf16" (inputs rounded to bf16, f32 accumulation and
+    /// everything else f32; docs/algorithm.md section 8). bf16 runs our
+    /// AVX512_BF16 GEMM where `vdpbf16ps` outruns the f32 FMA (Zen 4: ~2x);
+    /// elsewhere the same numbers come at f32 speed (f32 GEMMs on rounded
+    /// inputs), and only the recurrent pass gains (half the weight bytes).
+    /// Each result records what ran (`precision_ran`).
+    pub precision: Precision,
     /// How often a cell's resumable state is written at its safe points
     /// (after each Phase-1 iteration, each cache, each epoch): 0 = at every
     /// safe point while writing stays within 5% of the run's time (at the
@@ -291,6 +300,7 @@ impl Default for Config {
             threads: 0,
             device: Device::Cpu,
             cuda_allow_tf32: false,
+            precision: Precision::F32,
             state_interval_seconds: 0.0,
             baselines: vec![ModelKind::Kn, ModelKind::Transformer],
             replicates: 2,
@@ -407,6 +417,9 @@ impl Config {
                 "config field state_interval_seconds must be 0 (write at safe points within 5% of the time) or a positive number of seconds, got {}",
                 self.state_interval_seconds
             );
+        }
+        if self.precision == Precision::Bf16 && self.device == Device::Cuda {
+            bail!("config field precision = \"bf16\" runs on the CPU only; use device = \"cpu\" or precision = \"f32\"");
         }
         if self.sample_counts.is_empty() || self.sample_counts.contains(&0) {
             bail!("config field sample_counts must be a non-empty list of positive counts");
@@ -570,6 +583,15 @@ mod tests {
         c.apply_overrides(&["state_interval_seconds=600".into()])
             .unwrap();
         assert_eq!(c.state_interval_seconds, 600.0);
+        c.apply_overrides(&["precision=bf16".into()]).unwrap();
+        assert_eq!(c.precision, Precision::Bf16);
+        let err = c.apply_overrides(&["precision=fp8".into()]).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `fp8`"), "{err}");
+        let err = c
+            .apply_overrides(&["device=cuda".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config field precision = \"bf16\" runs on the CPU only; use device = \"cpu\" or precision = \"f32\"");
     }
 
     #[test]

@@ -5,7 +5,41 @@
 //! so a column block of a wider matrix is addressed without copying.
 //! Each backward here has a finite-difference test at the bottom.
 
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub mod bf16;
+
+/// The arithmetic of every GEMM (config `precision`, docs/algorithm.md
+/// section 8): f32 throughout, or bf16-rounded GEMM inputs with f32
+/// accumulation ([`bf16`]). Everything else (LayerNorm, softmax, losses,
+/// gradients' accumulation, Adam and its master weights) stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// What runs on this CPU, as results record it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => bf16::kernel().describe(),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
 
 /// LayerNorm epsilon (PyTorch default, as in the original).
 pub const LN_EPS: f32 = 1e-5;
@@ -56,6 +90,9 @@ pub struct Mat<'a> {
     pub rows: usize,
     pub cols: usize,
     pub ld: usize,
+    /// The same matrix in bf16 (same layout), where the caller keeps one:
+    /// the bf16 one-row product reads it instead of `data`.
+    pub bf16: Option<&'a [u16]>,
 }
 
 impl<'a> Mat<'a> {
@@ -65,6 +102,7 @@ impl<'a> Mat<'a> {
             rows,
             cols,
             ld: cols,
+            bf16: None,
         }
     }
     /// Columns `start..start + cols` of a row-major matrix with row stride `ld`.
@@ -74,7 +112,12 @@ impl<'a> Mat<'a> {
             rows,
             cols,
             ld,
+            bf16: None,
         }
+    }
+    /// Attaches the bf16 copy `half`, indexed like `data` (same origin).
+    pub fn with_bf16(self, half: Option<&'a [u16]>) -> Self {
+        Mat { bf16: half, ..self }
     }
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
@@ -98,8 +141,17 @@ pub enum Trans {
     TN,
 }
 
-/// `C = op(A) op(B)` (or `C += ...` when `accumulate`), C is `m x n` with row stride `ldc`.
-pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: bool) {
+/// `C = op(A) op(B)` (or `C += ...` when `accumulate`), C is `m x n` with
+/// row stride `ldc`, in the arithmetic `prec` names.
+pub fn matmul(
+    prec: Precision,
+    c: &mut [f32],
+    ldc: usize,
+    a: Mat,
+    b: Mat,
+    t: Trans,
+    accumulate: bool,
+) {
     a.check();
     b.check();
     let (m, k, n) = match t {
@@ -128,6 +180,22 @@ pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: b
         return;
     }
     GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, Ordering::Relaxed);
+    match prec {
+        Precision::F32 => matmul_f32(c, ldc, a, b, t, accumulate, (m, n, k)),
+        Precision::Bf16 => matmul_bf16(c, ldc, a, b, t, accumulate, (m, n, k)),
+    }
+}
+
+/// `matmul` at f32, operands checked and the product's FLOPs counted.
+fn matmul_f32(
+    c: &mut [f32],
+    ldc: usize,
+    a: Mat,
+    b: Mat,
+    t: Trans,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+) {
     if m == 1 && t == Trans::NT {
         // One row times a row-major weight matrix (the recurrent pass): a
         // streaming dot product per output is bandwidth-bound, and the gemm
@@ -168,6 +236,70 @@ pub fn matmul(c: &mut [f32], ldc: usize, a: Mat, b: Mat, t: Trans, accumulate: b
             parallelism(m, n, k),
         );
     }
+}
+
+/// `matmul` at bf16: the one-row product over a bf16 copy where the
+/// caller keeps one, else the GEMM of the kernel `bf16::kernel` chose.
+fn matmul_bf16(
+    c: &mut [f32],
+    ldc: usize,
+    a: Mat,
+    b: Mat,
+    t: Trans,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+) {
+    if let (1, Trans::NT, Some(half)) = (m, t, b.bf16) {
+        let need = (b.rows - 1) * b.ld + b.cols;
+        assert!(half.len() >= need, "bf16 copy smaller than its matrix");
+        bf16::gemv_rows(&mut c[..n], a.data, half, b.rows, b.cols, b.ld, accumulate);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bf16::kernel() == bf16::Kernel::Avx512Bf16 {
+        // A as (row, k) and B as (column, k), whatever the transposition.
+        let (a_ls, a_ks) = match t {
+            Trans::NN | Trans::NT => (a.ld as isize, 1),
+            Trans::TN => (1, a.ld as isize),
+        };
+        let (b_ls, b_ks) = match t {
+            Trans::NN | Trans::TN => (1, b.ld as isize),
+            Trans::NT => (b.ld as isize, 1),
+        };
+        let av = bf16::View {
+            ptr: a.data.as_ptr(),
+            ls: a_ls,
+            ks: a_ks,
+        };
+        let bv = bf16::View {
+            ptr: b.data.as_ptr(),
+            ls: b_ls,
+            ks: b_ks,
+        };
+        // Inside a rayon task (the transformer's per-head products) stay on
+        // this thread: the packing buffers are per thread.
+        let threads = match parallelism(m, n, k) {
+            gemm::Parallelism::Rayon(t) if rayon::current_thread_index().is_none() => t,
+            _ => 1,
+        };
+        // SAFETY: the kernel was chosen only where the CPU has AVX512_BF16;
+        // both operands and C were bounds-checked by `matmul`.
+        unsafe { bf16::gemm(m, n, k, c.as_mut_ptr(), ldc, accumulate, av, bv, threads) }
+        return;
+    }
+    // Emulation: round each operand's rows into dense scratch, then the f32 product.
+    let (mut ra, mut rb) = bf16::take_scratch();
+    for (mat, dst) in [(a, &mut ra), (b, &mut rb)] {
+        dst.resize(mat.rows * mat.cols, 0.0);
+        for r in 0..mat.rows {
+            let row = &mat.data[r * mat.ld..r * mat.ld + mat.cols];
+            bf16::round_into(&mut dst[r * mat.cols..(r + 1) * mat.cols], row);
+        }
+    }
+    let am = Mat::new(&ra, a.rows, a.cols);
+    let bm = Mat::new(&rb, b.rows, b.cols);
+    matmul_f32(c, ldc, am, bm, t, accumulate, (m, n, k));
+    bf16::put_scratch((ra, rb));
 }
 
 /// `y[j] (+)= dot(x, B row j)` for every row j of `b` (b.rows x b.cols, row stride b.ld).

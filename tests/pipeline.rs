@@ -333,6 +333,48 @@ fn same_seed_and_threads_give_identical_results() {
 }
 
 #[test]
+fn bf16_runs_are_deterministic_close_to_f32_and_recorded() {
+    use newllm::ops::Precision;
+    let dir = temp_dir("bf16");
+    let f32_cfg = Config {
+        transformer_dim: 8,
+        transformer_heads: 2,
+        transformer_block_size: 16,
+        ..tiny(write_corpus(&dir, 6))
+    };
+    let bf16_cfg = Config {
+        precision: Precision::Bf16,
+        ..f32_cfg.clone()
+    };
+    for model in [ModelKind::NewLlm, ModelKind::Transformer] {
+        let run = |cfg: &Config, sub: &str| {
+            run_cell(model, cfg, 4, &dir.join(sub), &dir.join("cache")).unwrap()
+        };
+        let name = model.name();
+        let a = run(&bf16_cfg, &format!("{name}-a"));
+        let b = run(&bf16_cfg, &format!("{name}-b"));
+        let f = run(&f32_cfg, &format!("{name}-f32"));
+        assert_eq!(a.val_loss, b.val_loss, "{name}: bf16 run not reproducible");
+        assert_eq!(a.epochs.len(), b.epochs.len());
+        for (x, y) in a.epochs.iter().zip(&b.epochs) {
+            assert_eq!((x.train_loss, x.val_loss), (y.train_loss, y.val_loss));
+        }
+        assert_eq!(a.precision_ran, Precision::Bf16.describe());
+        assert_eq!(f.precision_ran, "f32");
+        assert_eq!(a.config.precision, Precision::Bf16);
+        // bf16 rounds: a different run, but the same model to ~1%
+        assert_ne!(a.val_loss, f.val_loss, "{name}: bf16 ran as f32");
+        let rel = (a.val_loss - f.val_loss).abs() / f.val_loss;
+        assert!(
+            rel < 0.02,
+            "{name}: bf16 val loss {} vs f32 {}",
+            a.val_loss,
+            f.val_loss
+        );
+    }
+}
+
+#[test]
 fn atomic_write_replaces_whole_files() {
     let dir = temp_dir("atomic");
     let p = dir.join("x.json");

@@ -6,7 +6,7 @@ use crate::memory::gib;
 use crate::models::newllm::memory::trainable_counts;
 use crate::models::newllm::model::Model;
 use crate::models::newllm::resume::state_values;
-use crate::ops::{self, Mat, Trans};
+use crate::ops::{self, Mat, Precision, Trans};
 use crate::rng::Rng;
 use crate::state::{self, Fingerprint};
 use anyhow::{Context, Result};
@@ -17,12 +17,14 @@ use std::time::Instant;
 #[derive(Clone, Debug, Serialize)]
 pub struct StageResult {
     pub stage: String,
+    /// The GEMM arithmetic the stage ran at.
+    pub precision: Precision,
     /// Best wall time of the repetitions, seconds.
     pub seconds: f64,
     /// GEMM FLOPs issued by the stage.
     pub gemm_flops: u64,
     pub gflops: f64,
-    /// gflops / the in-process GEMM peak.
+    /// gflops / the in-process GEMM peak of the stage's precision.
     pub fraction_of_gemm_peak: f64,
     pub note: String,
 }
@@ -31,6 +33,15 @@ pub struct StageResult {
 pub struct BenchReport {
     pub threads: usize,
     pub gemm_peak_gflops: f64,
+    /// The bf16 GEMM's best on large shapes, on the kernel chosen here
+    /// (`bf16_kernel`); None on the GPU bench.
+    pub bf16_gemm_peak_gflops: Option<f64>,
+    pub bf16_kernel: String,
+    /// One thread's register-loop rates of `vdpbf16ps` and of the f32 FMA,
+    /// which choose the kernel, and the AVX512_BF16 GEMM's best on all
+    /// threads whether chosen or not (None without AVX512_BF16).
+    pub register_rates_gflops: Option<(f64, f64)>,
+    pub avx512_bf16_gemm_peak_gflops: Option<f64>,
     pub read_bandwidth_gbs: f64,
     pub stages: Vec<StageResult>,
     pub sequential_tokens_per_s: f64,
@@ -127,8 +138,8 @@ pub fn time_it(reps: usize, mut f: impl FnMut()) -> (f64, u64) {
     (best, flops)
 }
 
-/// f32 GEMM throughput: the best of a few large shapes, GFLOP/s.
-pub fn gemm_peak() -> f64 {
+/// GEMM throughput at `prec`: the best of a few large shapes, GFLOP/s.
+pub fn gemm_peak(prec: Precision) -> f64 {
     let mut best: f64 = 0.0;
     for (m, k, n) in [(2048, 2048, 2048), (1024, 768, 4096), (4096, 1536, 1408)] {
         let mut rng = Rng::new(1);
@@ -139,6 +150,7 @@ pub fn gemm_peak() -> f64 {
         let mut c = vec![0.0f32; m * n];
         let (s, fl) = time_it(3, || {
             ops::matmul(
+                prec,
                 &mut c,
                 n,
                 Mat::new(&a, m, k),
@@ -150,6 +162,50 @@ pub fn gemm_peak() -> f64 {
         best = best.max(fl as f64 / s / 1e9);
     }
     best
+}
+
+/// The AVX512_BF16 GEMM's best on the large shapes of `gemm_peak`, called
+/// directly (whether or not `bf16::kernel` chose it), GFLOP/s; None
+/// without AVX512_BF16.
+pub fn avx512_bf16_gemm_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !ops::bf16::has_avx512_bf16() {
+            return None;
+        }
+        let mut best: f64 = 0.0;
+        for (m, k, n) in [(2048, 2048, 2048), (1024, 768, 4096), (4096, 1536, 1408)] {
+            let mut rng = Rng::new(1);
+            let mut a = vec![0.0f32; m * k];
+            let mut b = vec![0.0f32; k * n];
+            rng.fill_normal(&mut a, 1.0);
+            rng.fill_normal(&mut b, 1.0);
+            let mut c = vec![0.0f32; m * n];
+            let av = ops::bf16::View {
+                ptr: a.as_ptr(),
+                ls: k as isize,
+                ks: 1,
+            };
+            let bv = ops::bf16::View {
+                ptr: b.as_ptr(),
+                ls: 1,
+                ks: n as isize,
+            };
+            let mut secs = f64::INFINITY;
+            for _ in 0..3 {
+                let t = Instant::now();
+                // SAFETY: the CPU has AVX512_BF16; the views and C cover the shapes.
+                unsafe {
+                    ops::bf16::gemm(m, n, k, c.as_mut_ptr(), n, false, av, bv, ops::threads())
+                };
+                secs = secs.min(t.elapsed().as_secs_f64());
+            }
+            best = best.max(2.0 * (m * n * k) as f64 / secs / 1e9);
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Memory read bandwidth for a buffer of `bytes`, all threads, GB/s.
@@ -175,10 +231,17 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
     bytes as f64 / s / 1e9
 }
 
-pub fn stage(name: &str, (seconds, flops): (f64, u64), peak: f64, note: String) -> StageResult {
+pub fn stage(
+    name: &str,
+    precision: Precision,
+    (seconds, flops): (f64, u64),
+    peak: f64,
+    note: String,
+) -> StageResult {
     let gflops = flops as f64 / seconds / 1e9;
     StageResult {
         stage: name.to_string(),
+        precision,
         seconds,
         gemm_flops: flops,
         gflops,
@@ -218,13 +281,38 @@ pub fn phase1_stage_name(all_layers: bool) -> &'static str {
 /// The table `newllm bench` prints.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "threads {} | f32 GEMM peak {:.1} GFLOP/s | read bandwidth {:.1} GB/s\n\n| stage | seconds | GEMM GFLOP/s | % of GEMM peak | notes |\n|---|---|---|---|---|\n",
+        "threads {} | f32 GEMM peak {:.1} GFLOP/s | read bandwidth {:.1} GB/s\n",
         r.threads, r.gemm_peak_gflops, r.read_bandwidth_gbs
     );
-    for st in &r.stages {
+    if let Some(p) = r.bf16_gemm_peak_gflops {
         s += &format!(
-            "| {} | {:.4} | {:.1} | {:.0}% | {} |\n",
+            "bf16 runs as {}: GEMM peak {p:.1} GFLOP/s ({:.2}x f32)\n",
+            r.bf16_kernel,
+            p / r.gemm_peak_gflops
+        );
+    }
+    if let (Some((h, f)), Some(g)) = (r.register_rates_gflops, r.avx512_bf16_gemm_peak_gflops) {
+        s += &format!(
+            "AVX512_BF16: register loop per thread vdpbf16ps {h:.1} vs f32 FMA {f:.1} GFLOP/s ({:.2}x); its GEMM {g:.1} GFLOP/s on all threads ({:.2}x the f32 GEMM peak, {:.0}% of threads x its register rate)\n",
+            h / f,
+            g / r.gemm_peak_gflops,
+            100.0 * g / (h * r.threads as f64)
+        );
+    }
+    s += "\n| stage | precision | seconds | bf16 speed-up | GEMM GFLOP/s | % of its precision's GEMM peak | notes |\n|---|---|---|---|---|---|---|\n";
+    for st in &r.stages {
+        let speedup = match st.precision {
+            Precision::Bf16 => r
+                .stages
+                .iter()
+                .find(|f| f.stage == st.stage && f.precision == Precision::F32)
+                .map_or(String::new(), |f| format!("{:.2}x", f.seconds / st.seconds)),
+            Precision::F32 => String::new(),
+        };
+        s += &format!(
+            "| {} | {} | {:.4} | {speedup} | {:.1} | {:.0}% | {} |\n",
             st.stage,
+            st.precision,
             st.seconds,
             st.gflops,
             100.0 * st.fraction_of_gemm_peak,

@@ -18,7 +18,7 @@ use crate::models::newllm::gpu::GpuEngine;
 use crate::models::newllm::memory::predict_peak_bytes;
 use crate::models::newllm::model::{Block, Model};
 use crate::models::newllm::phase2::Stream;
-use crate::ops::Trans;
+use crate::ops::{Precision, Trans};
 use crate::rng::Rng;
 use anyhow::Result;
 use std::time::Instant;
@@ -115,6 +115,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         dev.sample_memory();
         stages.push(stage(
             "phase2_step",
+            Precision::F32,
             (secs, flops),
             peak,
             format!(
@@ -135,6 +136,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
         let flops = 6 * n as u64 * matrix_weights(&model.context);
         stages.push(stage(
             phase1_stage_name(all_layers),
+            Precision::F32,
             (secs, flops),
             peak,
             format!("{n} rows, {:.0} tokens/s", n as f64 / secs),
@@ -164,6 +166,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
             } else {
                 "sequential_pass_no_graph"
             },
+            Precision::F32,
             (secs, flops),
             peak,
             format!(
@@ -179,6 +182,10 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     Ok(BenchReport {
         threads: 0,
         gemm_peak_gflops: peak,
+        bf16_gemm_peak_gflops: None,
+        register_rates_gflops: None,
+        avx512_bf16_gemm_peak_gflops: None,
+        bf16_kernel: "n/a (GPU bench: f32)".into(),
         read_bandwidth_gbs: bw,
         stages,
         sequential_tokens_per_s: tps,

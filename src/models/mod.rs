@@ -120,9 +120,22 @@ pub fn check_split(cfg: &Config, split: &Split) -> Result<()> {
 }
 
 /// Fails, before any data is read or written, when the configured device
-/// cannot run here (no GPU build, no driver).
+/// cannot run here (no GPU build, no driver); says once, up front, when
+/// bf16 runs emulated on this CPU.
 pub fn check_device(cfg: &Config) -> Result<()> {
-    newllm::engine::for_config(cfg).map(drop)
+    use crate::ops::bf16;
+    newllm::engine::for_config(cfg)?;
+    if cfg.precision == crate::ops::Precision::Bf16 && bf16::kernel() == bf16::Kernel::Emulated {
+        let why = match bf16::register_rates() {
+            Some((h, f)) => format!(
+                "this CPU's vdpbf16ps does {:.2}x the FLOPs per second of its f32 FMA",
+                h / f
+            ),
+            None => "this CPU has no AVX512_BF16".into(),
+        };
+        eprintln!("note: precision bf16: {why}, so the GEMMs run in f32 on bf16-rounded inputs (bf16 numbers at f32 speed; the recurrent pass reads bf16 weights)");
+    }
+    Ok(())
 }
 
 /// What a model's cell runner returns: how the run went and what only the
@@ -204,6 +217,10 @@ pub fn record(
         model,
         replicate,
         ran_on: run.ran_on,
+        precision_ran: match model {
+            ModelKind::Kn => "n/a".into(),
+            _ => cfg.precision.describe().into(),
+        },
         samples: split.samples,
         train_tokens: split.train.len(),
         val_tokens: split.val.len(),

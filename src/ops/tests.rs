@@ -47,6 +47,7 @@ fn matmul_all_transposes_and_column_blocks() {
     let close = |c: &[f32]| c.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4);
     let mut c = vec![0.0; m * n];
     matmul(
+        Precision::F32,
         &mut c,
         n,
         Mat::new(&a, m, k),
@@ -57,6 +58,7 @@ fn matmul_all_transposes_and_column_blocks() {
     assert!(close(&c));
     let bt = transpose(&b, k, n);
     matmul(
+        Precision::F32,
         &mut c,
         n,
         Mat::new(&a, m, k),
@@ -67,6 +69,7 @@ fn matmul_all_transposes_and_column_blocks() {
     assert!(close(&c));
     let at = transpose(&a, m, k);
     matmul(
+        Precision::F32,
         &mut c,
         n,
         Mat::new(&at, k, m),
@@ -77,6 +80,7 @@ fn matmul_all_transposes_and_column_blocks() {
     assert!(close(&c));
     // accumulate doubles it
     matmul(
+        Precision::F32,
         &mut c,
         n,
         Mat::new(&at, k, m),
@@ -92,6 +96,7 @@ fn matmul_all_transposes_and_column_blocks() {
     }
     let mut c1 = vec![1.0; n];
     matmul(
+        Precision::F32,
         &mut c1,
         n,
         Mat::new(&a[..k], 1, k),
@@ -109,6 +114,7 @@ fn matmul_all_transposes_and_column_blocks() {
         wide[i * (k + 7) + 7..i * (k + 7) + 7 + k].copy_from_slice(&a[i * k..(i + 1) * k]);
     }
     matmul(
+        Precision::F32,
         &mut c,
         n,
         Mat::cols_of(&wide, m, k + 7, 7, k),

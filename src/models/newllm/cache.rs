@@ -32,13 +32,14 @@ pub fn sequential_pass(model: &Model, ids: &[u32], count: usize) -> Vec<f32> {
     let mut acts = BlockActs::new(&model.context, 1);
     let mut ctx = vec![0.0f32; c];
     let mut x = vec![0.0f32; ke];
+    let p16 = model.context_bf16();
     let bar = crate::progress::bar(count as u64, "recurrent pass (tokens)");
     for j in 0..count {
         if j % 256 == 0 {
             bar.set_position(j as u64);
         }
         model.token_input(ids, j, 1, &mut x);
-        model.context_forward(&ctx, &x, 1, &mut acts);
+        model.context_forward(p16.as_deref(), &ctx, &x, 1, &mut acts);
         ctx.copy_from_slice(&acts.last()[..c]);
         outs[j * c..(j + 1) * c].copy_from_slice(&ctx);
     }
@@ -79,7 +80,7 @@ pub fn recompute_layers(
 ) {
     context_inputs(src, model.cfg.context_dim, start, rows, ctx_in);
     model.token_input(ids, start, rows, x);
-    model.context_forward(ctx_in, x, rows, acts);
+    model.context_forward(None, ctx_in, x, rows, acts);
 }
 
 #[cfg(test)]
@@ -137,7 +138,7 @@ mod tests {
         let mut outs = Vec::new();
         for j in 0..count {
             model.token_input(ids, j, 1, &mut x);
-            model.context_forward(&ctx, &x, 1, &mut acts);
+            model.context_forward(None, &ctx, &x, 1, &mut acts);
             ctx = acts.last()[..c].to_vec();
             outs.extend_from_slice(&ctx);
         }

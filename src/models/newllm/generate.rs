@@ -31,11 +31,12 @@ pub fn generate(model: &Model, tok: &Tokenizer, prompt: &str, s: &Sampling) -> R
     let mut x = vec![0.0f32; cfg.token_input_dim()];
     let mut logits = vec![0.0f32; v];
     let mut rng = Rng::new(s.seed);
+    let p16 = model.context_bf16();
     let prompt_len = ids.len();
     let mut j = 0;
     while ids.len() < prompt_len + s.max_tokens {
         model.token_input(&ids, j, 1, &mut x);
-        model.context_forward(&ctx, &x, 1, &mut ctx_acts);
+        model.context_forward(p16.as_deref(), &ctx, &x, 1, &mut ctx_acts);
         ctx.copy_from_slice(&ctx_acts.last()[..c]);
         j += 1;
         if j < ids.len() {

@@ -109,7 +109,7 @@ impl GoldenHooks for CpuHooks {
         let mut x = vec![0.0; rows * cfg.token_input_dim()];
         context_inputs(src, cfg.context_dim, 0, rows, &mut ctx);
         model.token_input(ids, 0, rows, &mut x);
-        model.context_forward(&ctx, &x, rows, &mut acts);
+        model.context_forward(None, &ctx, &x, rows, &mut acts);
         Ok(acts.layers.into_iter().map(|l| l.y).collect())
     }
 

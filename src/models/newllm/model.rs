@@ -5,7 +5,7 @@
 //! so one Adam and one clip cover a whole block.
 
 use crate::config::Config;
-use crate::ops::{self, Mat, Trans};
+use crate::ops::{self, Mat, Precision, Trans};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -133,23 +133,42 @@ impl LayerActs {
     }
 }
 
+/// The weights a forward reads: the f32 parameters and, where the caller
+/// keeps one, their bf16 copy (same layout) for the bf16 one-row products.
+#[derive(Clone, Copy)]
+struct Weights<'a> {
+    prec: Precision,
+    p: &'a [f32],
+    p16: Option<&'a [u16]>,
+}
+
+impl<'a> Weights<'a> {
+    /// Columns `start..start + cols` of the `rows x ld` matrix at `offset`.
+    fn mat(&self, offset: usize, rows: usize, ld: usize, start: usize, cols: usize) -> Mat<'a> {
+        let end = offset + rows * ld;
+        Mat::cols_of(&self.p[offset..end], rows, ld, start, cols)
+            .with_bf16(self.p16.map(|h| &h[offset + start..end]))
+    }
+}
+
 /// One layer's forward over `rows` rows: `a` is rows x in_a, `b` rows x in_b.
-fn layer_forward(p: &[f32], l: &Layer, a: &[f32], b: &[f32], rows: usize, acts: &mut LayerActs) {
-    let (out, it) = (l.out, l.in_total());
+fn layer_forward(wt: Weights, l: &Layer, a: &[f32], b: &[f32], rows: usize, acts: &mut LayerActs) {
+    let (out, it, prec, p) = (l.out, l.in_total(), wt.prec, wt.p);
     let h = &mut acts.h[..rows * out];
     let y = &mut acts.y[..rows * out];
-    let w = &p[l.w..l.w + out * it];
     ops::matmul(
+        prec,
         h,
         out,
         Mat::new(&a[..rows * l.in_a], rows, l.in_a),
-        Mat::cols_of(w, out, it, 0, l.in_a),
+        wt.mat(l.w, out, it, 0, l.in_a),
         Trans::NT,
         false,
     );
     if l.in_b > 0 {
-        let wb = Mat::cols_of(w, out, it, l.in_a, l.in_b);
+        let wb = wt.mat(l.w, out, it, l.in_a, l.in_b);
         ops::matmul(
+            prec,
             h,
             out,
             Mat::new(&b[..rows * l.in_b], rows, l.in_b),
@@ -164,10 +183,11 @@ fn layer_forward(p: &[f32], l: &Layer, a: &[f32], b: &[f32], rows: usize, acts: 
         Some((pw, pb)) => {
             let r = l.res_in();
             ops::matmul(
+                prec,
                 y,
                 out,
                 Mat::new(&res[..rows * r], rows, r),
-                Mat::new(&p[pw..pw + out * r], out, r),
+                wt.mat(pw, out, r, 0, r),
                 Trans::NT,
                 false,
             );
@@ -224,6 +244,7 @@ fn disjoint_mut<const N: usize>(
 /// `grad` and, when `dres` is given, writes dL/d(residual input) into it.
 #[allow(clippy::too_many_arguments)]
 fn layer_backward(
+    prec: Precision,
     p: &[f32],
     grad: &mut [f32],
     l: &Layer,
@@ -272,6 +293,7 @@ fn layer_backward(
     ops::bias_grad(gb, dh);
     let dh_m = Mat::new(dh, rows, out);
     ops::matmul(
+        prec,
         gw,
         it,
         dh_m,
@@ -281,6 +303,7 @@ fn layer_backward(
     );
     if l.in_b > 0 {
         ops::matmul(
+            prec,
             &mut gw[l.in_a..],
             it,
             dh_m,
@@ -296,6 +319,7 @@ fn layer_backward(
     };
     if l.proj.is_some() {
         ops::matmul(
+            prec,
             gpw,
             r,
             Mat::new(dz, rows, out),
@@ -309,6 +333,7 @@ fn layer_backward(
         let dres = &mut dres[..rows * r];
         match l.proj {
             Some((pw, _)) => ops::matmul(
+                prec,
                 dres,
                 r,
                 Mat::new(dz, rows, out),
@@ -320,7 +345,7 @@ fn layer_backward(
         }
         let start = if l.residual_is_a { 0 } else { l.in_a };
         let w = Mat::cols_of(&p[l.w..l.w + out * it], out, it, start, r);
-        ops::matmul(dres, r, dh_m, w, Trans::NN, true);
+        ops::matmul(prec, dres, r, dh_m, w, Trans::NN, true);
     }
 }
 
@@ -625,6 +650,17 @@ impl Model {
         ]
     }
 
+    /// The ContextBlock's parameters in bf16 for a bf16 recurrent pass (the
+    /// weights are fixed during a pass, so one copy per pass is current), or
+    /// None in f32.
+    pub fn context_bf16(&self) -> Option<Vec<u16>> {
+        (self.cfg.precision == Precision::Bf16).then(|| {
+            let mut h = Vec::new();
+            ops::bf16::convert(&mut h, &self.context.params.data);
+            h
+        })
+    }
+
     /// Writes the token input rows x_j for j in start..start+rows of `ids`
     /// into `out` (rows x kE): the last k token vectors, oldest first,
     /// zero vectors before the stream start.
@@ -647,8 +683,21 @@ impl Model {
 
     /// ContextBlock forward over `rows` rows: input contexts `c` (rows x C),
     /// token inputs `x` (rows x kE). Every layer's output lands in `acts`.
-    pub fn context_forward(&self, c: &[f32], x: &[f32], rows: usize, acts: &mut BlockActs) {
-        let p = &self.context.params.data;
+    /// `p16`: the block's parameters in bf16 (`context_bf16`), which the
+    /// one-row products of a bf16 recurrent pass read.
+    pub fn context_forward(
+        &self,
+        p16: Option<&[u16]>,
+        c: &[f32],
+        x: &[f32],
+        rows: usize,
+        acts: &mut BlockActs,
+    ) {
+        let p = Weights {
+            prec: self.cfg.precision,
+            p: &self.context.params.data,
+            p16,
+        };
         for (i, l) in self.context.layers.iter().enumerate() {
             let (before, rest) = acts.layers.split_at_mut(i);
             let a = if i == 0 { c } else { &before[i - 1].y[..] };
@@ -669,7 +718,7 @@ impl Model {
         dout: &mut [f32],
         grad: &mut [f32],
     ) {
-        let p = &self.context.params.data;
+        let (prec, p) = (self.cfg.precision, &self.context.params.data);
         let n = self.context.layers.len();
         let BlockActs {
             layers,
@@ -691,6 +740,7 @@ impl Model {
                 _ => (&mut *d_b, &mut *d_a),
             };
             layer_backward(
+                prec,
                 p,
                 grad,
                 l,
@@ -716,16 +766,19 @@ impl Model {
         acts: &mut BlockActs,
         logits: &mut [f32],
     ) {
+        let prec = self.cfg.precision;
         let p = &self.token.params.data;
+        let wt = Weights { prec, p, p16: None };
         for (i, l) in self.token.layers.iter().enumerate() {
             let (before, rest) = acts.layers.split_at_mut(i);
             let b = if i == 0 { x } else { &before[i - 1].y[..] };
-            layer_forward(p, l, &ctx.layers[i].y, b, rows, &mut rest[0]);
+            layer_forward(wt, l, &ctx.layers[i].y, b, rows, &mut rest[0]);
         }
         let (v, e) = (self.cfg.vocab_size, self.cfg.embed_dim);
         let t_last = &acts.layers[self.token.layers.len() - 1].y[..rows * e];
         let logits = &mut logits[..rows * v];
         ops::matmul(
+            prec,
             logits,
             v,
             Mat::new(t_last, rows, e),
@@ -747,7 +800,7 @@ impl Model {
         dlogits: &[f32],
         grad: &mut [f32],
     ) {
-        let p = &self.token.params.data;
+        let (prec, p) = (self.cfg.precision, &self.token.params.data);
         let (v, e) = (self.cfg.vocab_size, self.cfg.embed_dim);
         let n = self.token.layers.len();
         let BlockActs {
@@ -761,6 +814,7 @@ impl Model {
         {
             let [gw, gb] = disjoint_mut(grad, [(self.head_w, v * e), (self.head_b, v)]);
             ops::matmul(
+                prec,
                 gw,
                 e,
                 dlog,
@@ -771,6 +825,7 @@ impl Model {
             ops::bias_grad(gb, &dlogits[..rows * v]);
         }
         ops::matmul(
+            prec,
             &mut d_a[..rows * e],
             e,
             dlog,
@@ -784,6 +839,7 @@ impl Model {
             let b = if i == 0 { x } else { &layers[i - 1].y[..] };
             let dres = (i > 0).then_some(&mut *spare);
             layer_backward(
+                prec,
                 p,
                 grad,
                 l,

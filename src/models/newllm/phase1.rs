@@ -94,7 +94,7 @@ impl Phase1 {
                 }
             }
             model.token_input(ids, s, rows, &mut self.x);
-            model.context_forward(&self.ctx_in, &self.x, rows, &mut self.acts);
+            model.context_forward(None, &self.ctx_in, &self.x, rows, &mut self.acts);
             let out = &self.acts.last()[..rows * c];
             let prev = &self.prev[s * c..(s + rows) * c];
             let (cvfp, div, conv) = loss::phase1_losses(

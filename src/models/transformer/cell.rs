@@ -74,6 +74,7 @@ pub fn identity(cfg: &Config) -> serde_json::Value {
         ("phase2_epochs", cfg.phase2_epochs.into()),
         ("phase2_patience", cfg.phase2_patience.into()),
         ("phase2_gradient_clip", cfg.phase2_gradient_clip.into()),
+        ("precision", cfg.precision.to_string().into()),
     ] {
         id[k] = v;
     }
@@ -265,7 +266,7 @@ pub fn run(cfg: &Config, split: &Split, paths: &CellPaths) -> Result<ModelRun> {
         "use a smaller transformer_dim / transformer_block_size / phase2_batch_size",
     )?;
     let wpb = windows_per_batch(cfg);
-    let model = Transformer::new(dims, cfg.seed)?;
+    let model = Transformer::new(dims, cfg.seed)?.with_precision(cfg.precision);
     // the state: weights, Adam's two moments, the best weights
     let state_bytes = state::file_bytes(4 * model.params.len() as u64);
     eprintln!("  resume state {} on disk", gib(state_bytes));

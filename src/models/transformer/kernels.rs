@@ -4,7 +4,7 @@
 //! softmax cross-entropy come from `crate::ops`. Row-major f32 as there; buffers may be longer than the
 //! batch, only their prefix is used.
 
-use crate::ops::{self, exp_approx, multiversion, Mat, Trans};
+use crate::ops::{self, exp_approx, multiversion, Mat, Precision, Trans};
 use rayon::prelude::*;
 
 /// `x[w, s] = wte[inputs[w, s]] + wpe[s]` for `rows` positions of windows of
@@ -133,7 +133,13 @@ fn causal_softmax(s: &mut [f32], t: usize, scale: f32) {
 /// kept for the backward. Scores are computed for the full t x t block (the
 /// masked half is wasted, but one GEMM beats t small ones at these sizes).
 /// Windows run in parallel; each head's products are single-threaded GEMMs.
-pub fn attention_forward(y: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnShape) {
+pub fn attention_forward(
+    prec: Precision,
+    y: &mut [f32],
+    att: &mut [f32],
+    qkv: &[f32],
+    s: AttnShape,
+) {
     let AttnShape {
         windows,
         t,
@@ -151,9 +157,17 @@ pub fn attention_forward(y: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnSha
                 let q = Mat::cols_of(qkv, t, 3 * c, h * hs, hs);
                 let k = Mat::cols_of(qkv, t, 3 * c, c + h * hs, hs);
                 let v = Mat::cols_of(qkv, t, 3 * c, 2 * c + h * hs, hs);
-                ops::matmul(p, t, q, k, Trans::NT, false);
+                ops::matmul(prec, p, t, q, k, Trans::NT, false);
                 causal_softmax(p, t, scale);
-                ops::matmul(&mut y[h * hs..], c, Mat::new(p, t, t), v, Trans::NN, false);
+                ops::matmul(
+                    prec,
+                    &mut y[h * hs..],
+                    c,
+                    Mat::new(p, t, t),
+                    v,
+                    Trans::NN,
+                    false,
+                );
             }
         });
 }
@@ -161,6 +175,7 @@ pub fn attention_forward(y: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttnSha
 /// Backward of `attention_forward`: writes `dqkv` [windows t, 3c] from `dy`
 /// [windows t, c]. `datt` is scratch of at least windows t t floats.
 pub fn attention_backward(
+    prec: Precision,
     dqkv: &mut [f32],
     datt: &mut [f32],
     dy: &[f32],
@@ -190,8 +205,9 @@ pub fn attention_backward(
                 let dyh = Mat::cols_of(dy, t, c, h * hs, hs);
                 let pm = Mat::new(p, t, t);
                 // dP = dY V^T, dV = P^T dY
-                ops::matmul(ds, t, dyh, v, Trans::NT, false);
+                ops::matmul(prec, ds, t, dyh, v, Trans::NT, false);
                 ops::matmul(
+                    prec,
                     &mut dqkv[2 * c + h * hs..],
                     3 * c,
                     pm,
@@ -209,8 +225,16 @@ pub fn attention_backward(
                 }
                 // dQ = dS K, dK = dS^T Q
                 let dsm = Mat::new(ds, t, t);
-                ops::matmul(&mut dqkv[h * hs..], 3 * c, dsm, k, Trans::NN, false);
-                ops::matmul(&mut dqkv[c + h * hs..], 3 * c, dsm, q, Trans::TN, false);
+                ops::matmul(prec, &mut dqkv[h * hs..], 3 * c, dsm, k, Trans::NN, false);
+                ops::matmul(
+                    prec,
+                    &mut dqkv[c + h * hs..],
+                    3 * c,
+                    dsm,
+                    q,
+                    Trans::TN,
+                    false,
+                );
             }
         });
 }
@@ -264,7 +288,7 @@ mod tests {
         let att_len = s.windows * n_head * s.t * s.t;
         let run = |qkv: &[f32]| {
             let (mut y, mut att) = (vec![0.0; rows * c], vec![0.0; att_len]);
-            attention_forward(&mut y, &mut att, qkv, s);
+            attention_forward(Precision::F32, &mut y, &mut att, qkv, s);
             (y, att)
         };
         let (y, att) = run(&qkv);
@@ -286,7 +310,7 @@ mod tests {
         }
         let mut dqkv = vec![0.0; rows * 3 * c];
         let mut datt = vec![0.0; s.windows * s.t * s.t];
-        attention_backward(&mut dqkv, &mut datt, &w, &att, &qkv, s);
+        attention_backward(Precision::F32, &mut dqkv, &mut datt, &w, &att, &qkv, s);
         let num = numeric_grad(&mut qkv.clone(), |q| weighted_sum(&run(q).0, &w));
         for (part, name) in ["q", "k", "v"].iter().enumerate() {
             let pick = |v: &[f32]| -> Vec<usize> {
@@ -324,7 +348,7 @@ mod tests {
         fill(&mut qkv, 31);
         let run = |qkv: &[f32]| {
             let (mut y, mut att) = (vec![0.0; rows * c], vec![0.0; rows * n_head * s.t]);
-            attention_forward(&mut y, &mut att, qkv, s);
+            attention_forward(Precision::F32, &mut y, &mut att, qkv, s);
             y
         };
         let y0 = run(&qkv);

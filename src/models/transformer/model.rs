@@ -12,7 +12,7 @@
 //! the NT GEMM `y = x W^T + b`. Parameter names follow GPT-2's state_dict.
 
 use super::kernels::{self, AttnShape};
-use crate::ops::{self, Mat, Trans};
+use crate::ops::{self, Mat, Precision, Trans};
 use crate::rng::Rng;
 use anyhow::{bail, ensure, Result};
 
@@ -100,6 +100,8 @@ struct LayerOffsets {
 /// Parameters in GPT-2's state_dict order: wte, wpe, h.0 .. h.{L-1}, ln_f.
 pub struct Transformer {
     pub dims: TransformerDims,
+    /// GEMM arithmetic (f32 from `new`; `with_precision` to change).
+    pub precision: Precision,
     pub params: Vec<f32>,
     tensors: Vec<TensorInfo>,
     wte: usize,
@@ -226,7 +228,9 @@ fn layer_mut(buf: &mut [f32], l: usize, max_rows: usize, width: usize, rows: usi
 }
 
 /// `y = x W^T + b`, W [n_out, n_in] at `w` with its bias right after.
+#[allow(clippy::too_many_arguments)]
 fn linear_forward(
+    prec: Precision,
     y: &mut [f32],
     x: &[f32],
     p: &[f32],
@@ -237,6 +241,7 @@ fn linear_forward(
 ) {
     let (wt, b) = p[w..w + n_out * n_in + n_out].split_at(n_out * n_in);
     ops::matmul(
+        prec,
         y,
         n_out,
         Mat::new(x, rows, n_in),
@@ -250,6 +255,7 @@ fn linear_forward(
 /// Backward of `linear_forward`: `dx = dy W`, `dW = dy^T x`, `db += sum dy`.
 #[allow(clippy::too_many_arguments)]
 fn linear_backward(
+    prec: Precision,
     dx: &mut [f32],
     grad: &mut [f32],
     dy: &[f32],
@@ -262,9 +268,17 @@ fn linear_backward(
 ) {
     let wt = Mat::new(&p[w..w + n_out * n_in], n_out, n_in);
     let dym = Mat::new(dy, rows, n_out);
-    ops::matmul(dx, n_in, dym, wt, Trans::NN, false);
+    ops::matmul(prec, dx, n_in, dym, wt, Trans::NN, false);
     let (dw, db) = grad[w..w + n_out * n_in + n_out].split_at_mut(n_out * n_in);
-    ops::matmul(dw, n_in, dym, Mat::new(x, rows, n_in), Trans::TN, false);
+    ops::matmul(
+        prec,
+        dw,
+        n_in,
+        dym,
+        Mat::new(x, rows, n_in),
+        Trans::TN,
+        false,
+    );
     ops::bias_grad(db, &dy[..rows * n_out]);
 }
 
@@ -341,6 +355,7 @@ impl Transformer {
             }
         }
         Ok(Transformer {
+            precision: Precision::F32,
             dims,
             params,
             tensors,
@@ -349,6 +364,10 @@ impl Transformer {
             layers,
             ln_f,
         })
+    }
+
+    pub fn with_precision(self, precision: Precision) -> Transformer {
+        Transformer { precision, ..self }
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -412,6 +431,7 @@ impl Transformer {
         let d = self.dims;
         let (n, c, f, mr) = (windows * t, d.d_model, d.d_ff(), acts.max_rows);
         let p = &self.params;
+        let prec = self.precision;
         let shape = AttnShape {
             windows,
             t,
@@ -433,13 +453,14 @@ impl Transformer {
                 c,
             );
             let qkv = layer_mut(&mut a.qkv, l, mr, 3 * c, n);
-            linear_forward(qkv, ln_1, p, o.c_attn, n, c, 3 * c);
+            linear_forward(prec, qkv, ln_1, p, o.c_attn, n, c, 3 * c);
             let atty = layer_mut(&mut a.atty, l, mr, c, n);
             let att = layer_mut(&mut a.att, l, mr, d.n_head * d.block_size, n);
-            kernels::attention_forward(atty, att, qkv, shape);
+            kernels::attention_forward(prec, atty, att, qkv, shape);
             // residual add fused into the projection GEMM (accumulate)
             let (wt, b) = p[o.attn_proj..o.attn_proj + c * c + c].split_at(c * c);
             ops::matmul(
+                prec,
                 x,
                 c,
                 Mat::new(atty, n, c),
@@ -460,11 +481,12 @@ impl Transformer {
                 c,
             );
             let fch = layer_mut(&mut a.fch, l, mr, f, n);
-            linear_forward(fch, ln_2, p, o.c_fc, n, c, f);
+            linear_forward(prec, fch, ln_2, p, o.c_fc, n, c, f);
             let fch_gelu = layer_mut(&mut a.fch_gelu, l, mr, f, n);
             kernels::gelu_forward(fch_gelu, fch);
             let (wt, b) = p[o.mlp_proj..o.mlp_proj + c * f + c].split_at(c * f);
             ops::matmul(
+                prec,
                 x,
                 c,
                 Mat::new(fch_gelu, n, f),
@@ -486,6 +508,7 @@ impl Transformer {
         );
         let wte = Mat::new(&p[self.wte..self.wte + d.vocab_size * c], d.vocab_size, c);
         ops::matmul(
+            prec,
             &mut a.logits,
             d.vocab_size,
             Mat::new(ln_f, n, c),
@@ -523,6 +546,7 @@ impl Transformer {
             acts.max_rows,
         );
         let p = &self.params;
+        let prec = self.precision;
         let shape = AttnShape {
             windows,
             t,
@@ -541,6 +565,7 @@ impl Transformer {
         let dlogits = Mat::new(&a.logits, n, v);
         let dnorm = &mut a.dnorm[..n * c];
         ops::matmul(
+            prec,
             dnorm,
             c,
             dlogits,
@@ -548,7 +573,15 @@ impl Transformer {
             Trans::NN,
             false,
         );
-        ops::matmul(dwte, c, dlogits, Mat::new(&a.ln_f, n, c), Trans::TN, false);
+        ops::matmul(
+            prec,
+            dwte,
+            c,
+            dlogits,
+            Mat::new(&a.ln_f, n, c),
+            Trans::TN,
+            false,
+        );
         let dres = &mut a.dresidual[..n * c];
         let (dg, db) = grad[self.ln_f..self.ln_f + 2 * c].split_at_mut(c);
         ops::layernorm_backward(
@@ -566,9 +599,10 @@ impl Transformer {
             // MLP: x += mlp_proj(gelu(c_fc(ln_2(x))))
             let dfch = &mut a.dfch[..n * f];
             let fch_gelu = layer(&a.fch_gelu, l, mr, f, n);
-            linear_backward(dfch, grad, dres, fch_gelu, p, o.mlp_proj, n, f, c);
+            linear_backward(prec, dfch, grad, dres, fch_gelu, p, o.mlp_proj, n, f, c);
             kernels::gelu_backward(dfch, layer(&a.fch, l, mr, f, n));
             linear_backward(
+                prec,
                 dnorm,
                 grad,
                 dfch,
@@ -593,6 +627,7 @@ impl Transformer {
 
             // attention: x += attn_proj(attn(c_attn(ln_1(x))))
             linear_backward(
+                prec,
                 dx,
                 grad,
                 dres,
@@ -605,6 +640,7 @@ impl Transformer {
             );
             let dqkv = &mut a.dqkv[..n * 3 * c];
             kernels::attention_backward(
+                prec,
                 dqkv,
                 &mut a.datt,
                 dx,
@@ -613,6 +649,7 @@ impl Transformer {
                 shape,
             );
             linear_backward(
+                prec,
                 dnorm,
                 grad,
                 dqkv,

@@ -102,6 +102,7 @@ mod tests {
                 ops::tests::fill(&mut c0, 3);
                 let mut want = c0.clone();
                 ops::matmul(
+                    ops::Precision::F32,
                     &mut want,
                     ldc,
                     Mat {
@@ -109,12 +110,14 @@ mod tests {
                         rows: ar,
                         cols: ac,
                         ld: lda,
+                        bf16: None,
                     },
                     Mat {
                         data: &b,
                         rows: br,
                         cols: bc,
                         ld: ldb,
+                        bf16: None,
                     },
                     t,
                     accumulate,

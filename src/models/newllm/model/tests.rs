@@ -89,7 +89,7 @@ fn token_input_concatenates_oldest_first_with_zero_padding() {
 /// Scalar loss over the context block output for FD checks: sum(w * c_L).
 fn context_loss(m: &Model, c: &[f32], x: &[f32], rows: usize, wts: &[f32]) -> f64 {
     let mut acts = BlockActs::new(&m.context, rows);
-    m.context_forward(c, x, rows, &mut acts);
+    m.context_forward(None, c, x, rows, &mut acts);
     acts.last()[..wts.len()]
         .iter()
         .zip(wts)
@@ -111,7 +111,7 @@ fn context_block_backward_matches_finite_differences() {
             let mut wts = vec![0.0; rows * cfg.context_dim];
             fill(&mut wts, 12);
             let mut acts = BlockActs::new(&m.context, rows);
-            m.context_forward(&c, &x, rows, &mut acts);
+            m.context_forward(None, &c, &x, rows, &mut acts);
             let mut grad = vec![0.0; m.context.params.data.len()];
             let mut dout = wts.clone();
             m.context_backward(&c, &x, rows, &mut acts, &mut dout, &mut grad);
@@ -141,7 +141,7 @@ fn token_block_backward_matches_finite_differences() {
         m.token_input(&[1, 2, 3], 0, rows, &mut x);
         let targets = [4u32, 0, 6];
         let mut ctx = BlockActs::new(&m.context, rows);
-        m.context_forward(&c, &x, rows, &mut ctx);
+        m.context_forward(None, &c, &x, rows, &mut ctx);
         let loss = |m: &Model| {
             let mut acts = BlockActs::new(&m.token, rows);
             let mut logits = vec![0.0; rows * cfg.vocab_size];

@@ -293,7 +293,7 @@ fn context_noise_has_the_configured_standard_deviation() {
     let mut x = vec![0.0; n * cfg.token_input_dim()];
     model.token_input(&ids, 0, n, &mut x);
     let mut acts = BlockActs::new(&model.context, n);
-    model.context_forward(&p1.ctx_in, &x, n, &mut acts);
+    model.context_forward(None, &p1.ctx_in, &x, n, &mut acts);
     assert_eq!(&acts.last()[..n * c], &p1.out[..]);
     // a second pass draws fresh noise
     let first = p1.ctx_in.clone();
