@@ -238,6 +238,24 @@ fn matmul_f32(
     }
 }
 
+/// The operands of `op(A) op(B)` as the bf16 GEMM reads them: A as
+/// (row, k) and B as (column, k), whatever the transposition.
+pub fn bf16_views(a: Mat, b: Mat, t: Trans) -> (bf16::View, bf16::View) {
+    let (a_ls, a_ks) = match t {
+        Trans::NN | Trans::NT => (a.ld as isize, 1),
+        Trans::TN => (1, a.ld as isize),
+    };
+    let (b_ls, b_ks) = match t {
+        Trans::NN | Trans::TN => (1, b.ld as isize),
+        Trans::NT => (b.ld as isize, 1),
+    };
+    let view = |ptr: *const f32, ls, ks| bf16::View { ptr, ls, ks };
+    (
+        view(a.data.as_ptr(), a_ls, a_ks),
+        view(b.data.as_ptr(), b_ls, b_ks),
+    )
+}
+
 /// `matmul` at bf16: the one-row product over a bf16 copy where the
 /// caller keeps one, else the GEMM of the kernel `bf16::kernel` chose.
 fn matmul_bf16(
@@ -257,25 +275,7 @@ fn matmul_bf16(
     }
     #[cfg(target_arch = "x86_64")]
     if bf16::kernel() == bf16::Kernel::Avx512Bf16 {
-        // A as (row, k) and B as (column, k), whatever the transposition.
-        let (a_ls, a_ks) = match t {
-            Trans::NN | Trans::NT => (a.ld as isize, 1),
-            Trans::TN => (1, a.ld as isize),
-        };
-        let (b_ls, b_ks) = match t {
-            Trans::NN | Trans::TN => (1, b.ld as isize),
-            Trans::NT => (b.ld as isize, 1),
-        };
-        let av = bf16::View {
-            ptr: a.data.as_ptr(),
-            ls: a_ls,
-            ks: a_ks,
-        };
-        let bv = bf16::View {
-            ptr: b.data.as_ptr(),
-            ls: b_ls,
-            ks: b_ks,
-        };
+        let (av, bv) = bf16_views(a, b, t);
         // Inside a rayon task (the transformer's per-head products) stay on
         // this thread: the packing buffers are per thread.
         let threads = match parallelism(m, n, k) {

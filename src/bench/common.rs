@@ -138,8 +138,9 @@ pub fn time_it(reps: usize, mut f: impl FnMut()) -> (f64, u64) {
     (best, flops)
 }
 
-/// GEMM throughput at `prec`: the best of a few large shapes, GFLOP/s.
-pub fn gemm_peak(prec: Precision) -> f64 {
+/// The best GFLOP/s of `mul(a, b, c, (m, k, n))` (C = A B, row-major) over
+/// a few large shapes, best of 3 after a warm-up each.
+fn best_of_shapes(mut mul: impl FnMut(&[f32], &[f32], &mut [f32], (usize, usize, usize))) -> f64 {
     let mut best: f64 = 0.0;
     for (m, k, n) in [(2048, 2048, 2048), (1024, 768, 4096), (4096, 1536, 1408)] {
         let mut rng = Rng::new(1);
@@ -148,23 +149,28 @@ pub fn gemm_peak(prec: Precision) -> f64 {
         rng.fill_normal(&mut a, 1.0);
         rng.fill_normal(&mut b, 1.0);
         let mut c = vec![0.0f32; m * n];
-        let (s, fl) = time_it(3, || {
-            ops::matmul(
-                prec,
-                &mut c,
-                n,
-                Mat::new(&a, m, k),
-                Mat::new(&b, k, n),
-                Trans::NN,
-                false,
-            )
-        });
-        best = best.max(fl as f64 / s / 1e9);
+        let (s, _) = time_it(3, || mul(&a, &b, &mut c, (m, k, n)));
+        best = best.max(2.0 * (m * n * k) as f64 / s / 1e9);
     }
     best
 }
 
-/// The AVX512_BF16 GEMM's best on the large shapes of `gemm_peak`, called
+/// GEMM throughput at `prec`: the best of a few large shapes, GFLOP/s.
+pub fn gemm_peak(prec: Precision) -> f64 {
+    best_of_shapes(|a, b, c, (m, k, n)| {
+        ops::matmul(
+            prec,
+            c,
+            n,
+            Mat::new(a, m, k),
+            Mat::new(b, k, n),
+            Trans::NN,
+            false,
+        )
+    })
+}
+
+/// The AVX512_BF16 GEMM's best on the shapes of `gemm_peak`, called
 /// directly (whether or not `bf16::kernel` chose it), GFLOP/s; None
 /// without AVX512_BF16.
 pub fn avx512_bf16_gemm_peak() -> Option<f64> {
@@ -173,36 +179,11 @@ pub fn avx512_bf16_gemm_peak() -> Option<f64> {
         if !ops::bf16::has_avx512_bf16() {
             return None;
         }
-        let mut best: f64 = 0.0;
-        for (m, k, n) in [(2048, 2048, 2048), (1024, 768, 4096), (4096, 1536, 1408)] {
-            let mut rng = Rng::new(1);
-            let mut a = vec![0.0f32; m * k];
-            let mut b = vec![0.0f32; k * n];
-            rng.fill_normal(&mut a, 1.0);
-            rng.fill_normal(&mut b, 1.0);
-            let mut c = vec![0.0f32; m * n];
-            let av = ops::bf16::View {
-                ptr: a.as_ptr(),
-                ls: k as isize,
-                ks: 1,
-            };
-            let bv = ops::bf16::View {
-                ptr: b.as_ptr(),
-                ls: 1,
-                ks: n as isize,
-            };
-            let mut secs = f64::INFINITY;
-            for _ in 0..3 {
-                let t = Instant::now();
-                // SAFETY: the CPU has AVX512_BF16; the views and C cover the shapes.
-                unsafe {
-                    ops::bf16::gemm(m, n, k, c.as_mut_ptr(), n, false, av, bv, ops::threads())
-                };
-                secs = secs.min(t.elapsed().as_secs_f64());
-            }
-            best = best.max(2.0 * (m * n * k) as f64 / secs / 1e9);
-        }
-        Some(best)
+        Some(best_of_shapes(|a, b, c, (m, k, n)| {
+            let (av, bv) = ops::bf16_views(Mat::new(a, m, k), Mat::new(b, k, n), Trans::NN);
+            // SAFETY: the CPU has AVX512_BF16; the views and C cover the shapes.
+            unsafe { ops::bf16::gemm(m, n, k, c.as_mut_ptr(), n, false, av, bv, ops::threads()) }
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     None

@@ -156,29 +156,8 @@ fn put<T>(key: &'static std::thread::LocalKey<Cell<T>>, v: T) {
     key.with(|c| c.set(v));
 }
 
-/// `C (+)= A B` on the AVX512_BF16 kernel, with A an m x k view (line =
-/// row) and B a k x n view given as (column, k), C row-major with row
-/// stride `ldc`, both inputs rounded to bf16. `ops::matmul` calls it when
-/// `kernel()` chose it; tests call it directly.
-///
-/// # Safety
-/// The CPU must have AVX512_BF16, the views must cover m x k and n x k
-/// elements and `c` must hold (m - 1) * ldc + n floats.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    a: View,
-    b: View,
-    threads: usize,
-) {
-    avx512::gemm(m, n, k, c, ldc, accumulate, a, b, threads)
-}
+pub use avx512::gemm;
 
 /// `dst[..src.len()]` = `src` rounded to bf16 (as f32 values).
 pub fn round_into(dst: &mut [f32], src: &[f32]) {
@@ -334,7 +313,15 @@ mod avx512 {
     use rayon::prelude::*;
     use std::arch::x86_64::*;
 
-    /// One pass of the Goto loops; see the module comment.
+    /// `C (+)= A B` on the AVX512_BF16 kernel (the Goto loops of the
+    /// module comment), with A an m x k view (line = row) and B a k x n
+    /// view given as (column, k), C row-major with row stride `ldc`, both
+    /// inputs rounded to bf16. `ops::matmul` calls it when `kernel()` chose
+    /// it; the tests and the bench call it directly.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512_BF16, the views must cover m x k and n x k
+    /// elements and `c` must hold (m - 1) * ldc + n floats.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(
         m: usize,

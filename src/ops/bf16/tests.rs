@@ -181,26 +181,7 @@ fn run_avx512(
     threads: usize,
 ) -> Vec<f32> {
     let (am, bm) = mats(a, b, t, m, k, n);
-    let (a_ls, a_ks) = if t == Trans::TN {
-        (1, am.ld as isize)
-    } else {
-        (am.ld as isize, 1)
-    };
-    let (b_ls, b_ks) = if t == Trans::NT {
-        (bm.ld as isize, 1)
-    } else {
-        (1, bm.ld as isize)
-    };
-    let av = View {
-        ptr: a.as_ptr(),
-        ls: a_ls,
-        ks: a_ks,
-    };
-    let bv = View {
-        ptr: b.as_ptr(),
-        ls: b_ls,
-        ks: b_ks,
-    };
+    let (av, bv) = crate::ops::bf16_views(am, bm, t);
     let mut c = vec![start; m * n];
     // SAFETY: the caller checked the CPU; the views and C cover the shapes.
     unsafe { gemm(m, n, k, c.as_mut_ptr(), n, accumulate, av, bv, threads) };
