@@ -76,6 +76,11 @@ enum Cmd {
     /// on a device, one line per quantity; exits non-zero if any fails. For
     /// machines with only the binary.
     Golden(GoldenArgs),
+    /// What the GPU pipeline loads, step by step: the driver, cuBLAS and
+    /// NVRTC (CUDA 12 or 13, every symbol resolved), the kernels compiled to
+    /// a CUBIN with ptxas's report, then the GPU opened. Needs a binary
+    /// built with --features cuda.
+    CudaCheck(CudaCheckArgs),
     /// Corpus tools.
     Data {
         #[command(subcommand)]
@@ -160,6 +165,17 @@ struct GoldenArgs {
     /// Cases to run (default: all four).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
+}
+
+#[derive(Args)]
+struct CudaCheckArgs {
+    /// Compute capability to compile the kernels for, as a number (90 =
+    /// sm_90, H100; 80 = A100); default: the GPU's, or 90 with --no-device.
+    #[arg(long)]
+    arch: Option<u32>,
+    /// Stop before the first call that needs a GPU (for machines without one).
+    #[arg(long)]
+    no_device: bool,
 }
 
 #[derive(Args)]
@@ -274,7 +290,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Generate(a) => generate_text(a),
+        Cmd::CudaCheck(a) => cuda_check(a),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_check(a: CudaCheckArgs) -> Result<()> {
+    use newllm::models::newllm::gpu::check;
+    check::run(a.arch, !a.no_device, &mut |line| println!("{line}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_check(_: CudaCheckArgs) -> Result<()> {
+    anyhow::bail!(
+        "cuda-check: this binary was built without the GPU pipeline; build it with \
+         `cargo build --release --features cuda`"
+    )
 }
 
 fn train(a: TrainArgs) -> Result<()> {

@@ -31,6 +31,9 @@ pub struct StageResult {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    /// What ran: the CPU's model name, or the GPU's name with the driver,
+    /// cuBLAS, NVRTC and kernel image that were loaded.
+    pub device: String,
     pub threads: usize,
     pub gemm_peak_gflops: f64,
     /// The bf16 GEMM's best on large shapes, on the kernel chosen here
@@ -262,8 +265,8 @@ pub fn phase1_stage_name(all_layers: bool) -> &'static str {
 /// The table `newllm bench` prints.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "threads {} | f32 GEMM peak {:.1} GFLOP/s | read bandwidth {:.1} GB/s\n",
-        r.threads, r.gemm_peak_gflops, r.read_bandwidth_gbs
+        "{}\nthreads {} | f32 GEMM peak {:.1} GFLOP/s | read bandwidth {:.1} GB/s\n",
+        r.device, r.threads, r.gemm_peak_gflops, r.read_bandwidth_gbs
     );
     if let Some(p) = r.bf16_gemm_peak_gflops {
         s += &format!(

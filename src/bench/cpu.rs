@@ -102,6 +102,7 @@ pub fn run(
         gib(predicted)
     );
     Ok(BenchReport {
+        device: cpu_model(),
         threads,
         gemm_peak_gflops: peak,
         bf16_gemm_peak_gflops: Some(bf16_peak),
@@ -116,6 +117,16 @@ pub fn run(
         seed_500_cell_predicted_peak_bytes: predicted,
         state_write: Some(state_write),
     })
+}
+
+/// The CPU's model name from /proc/cpuinfo ("cpu" where there is none).
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, v)| v.trim().to_string());
+    format!("cpu: {}", name.unwrap_or_else(|| "model unknown".into()))
 }
 
 /// Throughputs of one precision's stages.

@@ -180,6 +180,7 @@ pub fn run(base: &Config, phase2_batch: usize, seq_tokens: usize) -> Result<Benc
     let (n500, m500) = SEED_500_CELL_TOKENS;
     let predicted = predict_peak_bytes(&model.cfg, n500, m500);
     Ok(BenchReport {
+        device: format!("{}: {}", dev.name, dev.loaded),
         threads: 0,
         gemm_peak_gflops: peak,
         bf16_gemm_peak_gflops: None,

@@ -31,11 +31,27 @@ pub const ENTRY_POINTS: [&str; 18] = [
 
 /// Threads per block of the row kernels (a multiple of 32, at most 1024).
 pub const ROW_THREADS: u32 = 256;
+/// The kernels launched with (32, 32) blocks; every other one takes
+/// ROW_THREADS. Each kernel's `__launch_bounds__` says the same, so ptxas
+/// keeps its registers within what such a block may use (a launch that
+/// needs more registers than the SM has fails).
+pub const WIDE_KERNELS: [&str; 2] = ["col_reduce", "col_sum_f64"];
+pub const WIDE_THREADS: u32 = 1024;
+
+/// The most threads per block kernel `name` is compiled for.
+pub fn launch_bound(name: &str) -> u32 {
+    if WIDE_KERNELS.contains(&name) {
+        WIDE_THREADS
+    } else {
+        ROW_THREADS
+    }
+}
 /// Blocks of `sumsq_partial` (its partial sums are added on the host in f64).
 pub const SUMSQ_BLOCKS: u32 = 1024;
 
 pub const SOURCE: &str = r#"
 #define ROW_THREADS 256
+#define WIDE_THREADS 1024
 // NVRTC compiles without system headers: no size_t, no INFINITY.
 typedef unsigned long long u64;
 
@@ -57,7 +73,7 @@ __device__ T block_sum(T v, T* sh) {
 //   h += bias; z = r + ReLU(h) with r = res (no projection) or
 //   proj + pbias (proj = P res, already in y); y = LayerNorm(z) * g + beta.
 // Keeps h (pre-activation), xhat and rstd for the backward.
-extern "C" __global__ void ln_fwd_fused(int rows, int n, float* h, const float* bias,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) ln_fwd_fused(int rows, int n, float* h, const float* bias,
         const float* res, const float* pbias, int has_proj,
         const float* g, const float* beta, float* xhat, float* rstd, float* y) {
     __shared__ double sh[32];
@@ -95,7 +111,7 @@ extern "C" __global__ void ln_fwd_fused(int rows, int n, float* h, const float* 
 // LayerNorm + ReLU backward, one block per row. On entry dy = dL/dy; on exit
 // dz = dL/dz (the LayerNorm input) and dy is overwritten with dh = dz * (h > 0).
 // (dg, db are accumulated separately by col_reduce before this runs.)
-extern "C" __global__ void ln_bwd(int rows, int n, float* dy, const float* xhat,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) ln_bwd(int rows, int n, float* dy, const float* xhat,
         const float* rstd, const float* g, const float* h, float* dz) {
     __shared__ float sh[32];
     int r = blockIdx.x;
@@ -123,7 +139,7 @@ extern "C" __global__ void ln_bwd(int rows, int n, float* dy, const float* xhat,
 // Column sums over rows: sum_ab[i] += sum_r a*b (when sum_ab and b are given),
 // sum_a[i] += sum_r a (when sum_a is given). Block (32, 32): 32 columns per
 // block, the 32 thread rows stride over the rows, then a fixed-order combine.
-extern "C" __global__ void col_reduce(int rows, int n, const float* a, const float* b,
+extern "C" __global__ void __launch_bounds__(WIDE_THREADS) col_reduce(int rows, int n, const float* a, const float* b,
         float* sum_ab, float* sum_a) {
     __shared__ float s_ab[32][33];
     __shared__ float s_a[32][33];
@@ -147,14 +163,14 @@ extern "C" __global__ void col_reduce(int rows, int n, const float* a, const flo
     }
 }
 
-extern "C" __global__ void add_bias(int rows, int n, float* y, const float* bias) {
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) add_bias(int rows, int n, float* y, const float* bias) {
     u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < (u64)rows * n) y[idx] += bias[idx % n];
 }
 
 // Token inputs of positions start..start+rows: the last k token vectors,
 // oldest first, zeros before the stream start (Model::token_input).
-extern "C" __global__ void gather_tokens(int rows, int e, int k, const unsigned* ids,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) gather_tokens(int rows, int e, int k, const unsigned* ids,
         long long start, const float* tv, float* x) {
     u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     u64 ke = (u64)k * e;
@@ -167,7 +183,7 @@ extern "C" __global__ void gather_tokens(int rows, int e, int k, const unsigned*
 
 // Recurrent-pass variant: the position is *step + t_off, read on the device,
 // so one captured CUDA graph serves every chunk of tokens.
-extern "C" __global__ void gather_tokens_step(int e, int k, const unsigned* ids,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) gather_tokens_step(int e, int k, const unsigned* ids,
         const long long* step, int t_off, const float* tv, float* x) {
     long long j = *step + t_off;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < k * e; c += gridDim.x * blockDim.x) {
@@ -188,12 +204,14 @@ __device__ float normal_at(unsigned long long seed, unsigned long long i) {
     unsigned long long a = mix64(seed ^ mix64(2 * i)), b = mix64(seed ^ mix64(2 * i + 1));
     double u1 = ((double)(a >> 11) + 1.0) * (1.0 / 9007199254740993.0);
     double u2 = (double)(b >> 11) * (1.0 / 9007199254740992.0);
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    // cospi(2 u2) = cos(2 pi u2) without cos's large-argument reduction,
+    // whose local array would put a stack frame on this kernel.
+    return (float)(sqrt(-2.0 * log(u1)) * cospi(2.0 * u2));
 }
 
 // Phase-1 input contexts of rows start..start+rows: prev[j - 1], wrapping to
 // prev[n - 1] for j = 0, plus N(0, noise^2) drawn at index noise_off + r*c + i.
-extern "C" __global__ void gather_prev_wrap(int rows, int c, long long n, long long start,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) gather_prev_wrap(int rows, int c, long long n, long long start,
         const float* prev, float* ctx, float noise, unsigned long long seed,
         unsigned long long noise_off) {
     u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -206,7 +224,7 @@ extern "C" __global__ void gather_prev_wrap(int rows, int c, long long n, long l
 }
 
 // Phase-2 input contexts from a cache source: zero for j = 0, else src[j - 1].
-extern "C" __global__ void gather_src(int rows, int c, long long start, const float* src,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) gather_src(int rows, int c, long long start, const float* src,
         float* ctx) {
     u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * c) return;
@@ -216,7 +234,7 @@ extern "C" __global__ void gather_src(int rows, int c, long long start, const fl
 
 // End of one recurrent token step (single block): outs[*step + t_off] = ctx;
 // the last step of a chunk (advance > 0) moves *step on by `advance`.
-extern "C" __global__ void store_step(int c, const float* ctx, float* outs, long long* step,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) store_step(int c, const float* ctx, float* outs, long long* step,
         int t_off, int advance) {
     __shared__ long long j;
     if (threadIdx.x == 0) j = *step + t_off;
@@ -230,7 +248,7 @@ extern "C" __global__ void store_step(int c, const float* ctx, float* outs, long
 // rows 0..out-1: h = W [a ; b] (W is out x (in_a + in_b));
 // rows out..2out-1 (when P is given): y = P res (P is out x res_in).
 // Weights stream through once per token (the pass is bandwidth-bound).
-extern "C" __global__ void gemv_rows(int out, int in_a, int in_b, const float* W,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) gemv_rows(int out, int in_a, int in_b, const float* W,
         const float* a, const float* b, float* h, const float* P, int res_in,
         const float* res, float* y) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -256,7 +274,7 @@ extern "C" __global__ void gemv_rows(int out, int in_a, int in_b, const float* W
 // 16-byte aligned and in_a, in_b, res_in are multiples of 4 (the host checks):
 // a quarter of the loop trips and four loads in flight per lane, so the
 // pass is bound by bandwidth rather than load latency.
-extern "C" __global__ void gemv_rows4(int out, int in_a, int in_b, const float* W,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) gemv_rows4(int out, int in_a, int in_b, const float* W,
         const float* a, const float* b, float* h, const float* P, int res_in,
         const float* res, float* y) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -297,7 +315,7 @@ extern "C" __global__ void gemv_rows4(int out, int in_a, int in_b, const float* 
 // Softmax cross-entropy, one block per row (ops::cross_entropy): per-row
 // loss (double) and argmax hit; with grad, the row becomes
 // d(mean loss)/d(logits) = (softmax - onehot) * inv_rows.
-extern "C" __global__ void softmax_xent(int rows, int V, float* logits, const unsigned* targets,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) softmax_xent(int rows, int V, float* logits, const unsigned* targets,
         float inv_rows, int grad, double* loss, int* correct) {
     __shared__ float smax[ROW_THREADS];
     __shared__ int sidx[ROW_THREADS];
@@ -345,7 +363,7 @@ extern "C" __global__ void softmax_xent(int rows, int V, float* logits, const un
 }
 
 // Column sums in double (Phase-1 column means): out[i] = sum_r a[r, i].
-extern "C" __global__ void col_sum_f64(int rows, int n, const float* a, double* out) {
+extern "C" __global__ void __launch_bounds__(WIDE_THREADS) col_sum_f64(int rows, int n, const float* a, double* out) {
     __shared__ double s[32][33];
     int col = blockIdx.x * 32 + threadIdx.x;
     double acc = 0.0;
@@ -362,7 +380,7 @@ extern "C" __global__ void col_sum_f64(int rows, int n, const float* a, double* 
 
 // Phase-1 per-row statistics (loss::phase1_losses), one block per row:
 // row_sq = sum (out - prev)^2, row_fr = sum (out - colmean)^2, conv = row MSE < threshold.
-extern "C" __global__ void p1_row_stats(int rows, int n, const float* out, const float* prev,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) p1_row_stats(int rows, int n, const float* out, const float* prev,
         const double* colsum, double threshold, double* row_sq, double* row_fr, int* conv) {
     __shared__ double sh[32];
     int r = blockIdx.x;
@@ -386,7 +404,7 @@ extern "C" __global__ void p1_row_stats(int rows, int n, const float* out, const
 }
 
 // dout = a (out - prev) - b (out - mean32), mean32 = (float)(colsum / rows).
-extern "C" __global__ void p1_grad(int rows, int n, const float* out, const float* prev,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) p1_grad(int rows, int n, const float* out, const float* prev,
         const double* colsum, float a, float b, float* dout) {
     u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * n) return;
@@ -396,7 +414,7 @@ extern "C" __global__ void p1_grad(int rows, int n, const float* out, const floa
 }
 
 // Squared-norm partial sums in double, one per block (grid-stride).
-extern "C" __global__ void sumsq_partial(long long n, const float* g, double* partial) {
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) sumsq_partial(long long n, const float* g, double* partial) {
     __shared__ double sh[32];
     double s = 0.0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -408,13 +426,13 @@ extern "C" __global__ void sumsq_partial(long long n, const float* g, double* pa
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-extern "C" __global__ void scale_f32(long long n, float* g, float c) {
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) scale_f32(long long n, float* g, float c) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) g[i] *= c;
 }
 
 // ops::Adam::step, elementwise with the same f32 expressions.
-extern "C" __global__ void adam_step(long long n, float* p, const float* g, float* m, float* v,
+extern "C" __global__ void __launch_bounds__(ROW_THREADS) adam_step(long long n, float* p, const float* g, float* m, float* v,
         float step, float bc2) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -451,9 +469,13 @@ mod tests {
     }
 
     #[test]
-    fn every_entry_point_is_defined_once_and_extern_c() {
+    fn every_entry_point_is_defined_once_extern_c_with_its_launch_bound() {
         for name in ENTRY_POINTS {
-            let def = format!("extern \"C\" __global__ void {name}(");
+            let bound = match launch_bound(name) {
+                WIDE_THREADS => "WIDE_THREADS",
+                _ => "ROW_THREADS",
+            };
+            let def = format!("extern \"C\" __global__ void __launch_bounds__({bound}) {name}(");
             assert_eq!(SOURCE.matches(&def).count(), 1, "kernel {name}");
         }
         assert_eq!(
@@ -461,34 +483,84 @@ mod tests {
             ENTRY_POINTS.len(),
             "a kernel is missing from ENTRY_POINTS"
         );
+        for k in WIDE_KERNELS {
+            assert!(ENTRY_POINTS.contains(&k), "{k}");
+        }
         assert!(SOURCE.contains(&format!("#define ROW_THREADS {ROW_THREADS}")));
+        assert!(SOURCE.contains(&format!("#define WIDE_THREADS {WIDE_THREADS}")));
     }
 
-    /// Compiles the kernels with NVRTC where the library can be loaded (no
-    /// GPU or driver needed: e.g. pip's nvidia-cuda-nvrtc-cu12 on
-    /// LD_LIBRARY_PATH); skipped elsewhere.
+    /// Compiles every kernel to a CUBIN for sm_80 and sm_90 with NVRTC 12
+    /// and 13 through the runtime's own `nvrtc::Api::compile` (no GPU or
+    /// driver needed), and checks ptxas's report: each entry point built,
+    /// no spills, no stack, registers within its launch bound. CI installs
+    /// both NVRTCs from PyPI and sets NEWLLM_REQUIRE_CUDA_LIBS=1, which
+    /// makes a missing library a failure; elsewhere it is skipped.
     #[test]
-    fn kernels_compile_with_nvrtc_when_available() {
-        // SAFETY: only tries to dlopen the library.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            eprintln!("skipped: libnvrtc is not loadable here");
-            return;
-        }
-        for arch in ["compute_80", "compute_90"] {
-            let opts = cudarc::nvrtc::CompileOptions {
-                fmad: Some(false),
-                arch: Some(arch),
-                ..Default::default()
+    fn kernels_compile_to_cubin_with_nvrtc_12_and_13() {
+        use crate::models::newllm::gpu::nvrtc::{parse_usage, Api, Target};
+        let required = std::env::var("NEWLLM_REQUIRE_CUDA_LIBS").is_ok_and(|v| v == "1");
+        for major in [12, 13] {
+            let api = match Api::load(&[major]) {
+                Ok(a) => a,
+                Err(e) if !required => {
+                    eprintln!("skipped NVRTC {major}: {e}");
+                    continue;
+                }
+                Err(e) => panic!("NEWLLM_REQUIRE_CUDA_LIBS=1: {e}"),
             };
-            let ptx = match cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts) {
-                Ok(p) => p.to_src(),
-                Err(e) => panic!("NVRTC ({arch}): {e:?}"),
-            };
-            for name in ENTRY_POINTS {
-                assert!(
-                    ptx.contains(&format!(".entry {name}(")),
-                    "{arch}: no entry {name}"
+            let (v, _) = api.version().unwrap();
+            assert_eq!(v as u32, major, "{}", api.lib.path);
+            for sm in [80, 90] {
+                assert!(api.supported_archs().unwrap().contains(&sm));
+                let c = match api.compile(SOURCE, Target::Cubin(sm)) {
+                    Ok(c) => c,
+                    Err(e) => panic!("NVRTC {major}, sm_{sm}: {e}"),
+                };
+                assert_eq!(&c.image[..4], b"\x7fELF", "NVRTC {major}: not a CUBIN");
+                let usage = parse_usage(&c.log);
+                eprintln!("NVRTC {major} sm_{sm} ({}):", api.lib.path);
+                for k in &usage {
+                    eprintln!(
+                        "  {:20} {:3} registers, {} B stack, {} B spilled",
+                        k.name,
+                        k.registers,
+                        k.stack_bytes,
+                        k.spill_stores + k.spill_loads
+                    );
+                }
+                let mut names: Vec<&str> = usage.iter().map(|k| k.name.as_str()).collect();
+                names.sort_unstable();
+                let mut want = ENTRY_POINTS.to_vec();
+                want.sort_unstable();
+                assert_eq!(
+                    names, want,
+                    "NVRTC {major} sm_{sm}: entry points\n{}",
+                    c.log
                 );
+                for k in &usage {
+                    let bound = launch_bound(&k.name);
+                    // 64K registers per SM on sm_80 and sm_90, 255 per thread.
+                    let most = (65536 / bound).min(255);
+                    assert!(
+                        k.registers > 0 && k.registers <= most,
+                        "{} uses {} registers, over {most} for {bound} threads",
+                        k.name,
+                        k.registers
+                    );
+                    assert_eq!(
+                        (k.spill_stores, k.spill_loads, k.stack_bytes),
+                        (0, 0, 0),
+                        "{} spills (NVRTC {major}, sm_{sm})",
+                        k.name
+                    );
+                }
+                let ptx = api.compile(SOURCE, Target::Ptx(sm)).unwrap();
+                let text = String::from_utf8(ptx.image).unwrap();
+                assert!(text.contains(&format!(".target sm_{sm}")), "PTX target");
+                for name in ENTRY_POINTS {
+                    assert!(text.contains(&format!(".entry {name}(")), "PTX: no {name}");
+                }
             }
         }
     }

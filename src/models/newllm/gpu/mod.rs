@@ -1,10 +1,13 @@
 //! The GPU pipeline (`--features cuda`, `device = "cuda"`): the model's flat
 //! ParamSets live in device buffers; GEMMs go to cuBLAS (row-major through
 //! the transpose trick in gemm.rs, TF32 off unless `cuda_allow_tf32`);
-//! everything else is CUDA C in kernels.rs, compiled by NVRTC at start-up.
-//! The driver, cuBLAS and NVRTC are loaded at run time (cudarc's dynamic
-//! loading), so building needs no CUDA toolkit and a machine without a
-//! driver gets an error, not a crash.
+//! everything else is CUDA C in kernels.rs, compiled by NVRTC at start-up
+//! to a CUBIN for the device (PTX only where that fails).
+//! Everything CUDA is loaded at run time, so building needs no CUDA toolkit
+//! and a machine without a driver gets an error, not a crash: the driver
+//! through cudarc, cuBLAS and NVRTC of CUDA 12 or 13 through our own
+//! bindings (`libs.rs` finds them, `blas.rs` and `nvrtc.rs` bind the few
+//! functions used).
 //!
 //! Device memory is addressed by raw pointers (`Buf::ptr`) on one stream:
 //! every operation is stream-ordered, so cudarc's per-buffer event tracking
@@ -17,12 +20,16 @@
 //! `golden.rs` (the golden hooks); `runtime.rs` is the CUDA plumbing,
 //! `gemm.rs` the cuBLAS layout, `kernels.rs` the CUDA C.
 
+pub mod blas;
 pub mod cache;
+pub mod check;
 pub mod engine;
 pub mod gemm;
 pub mod golden;
 pub mod kernels;
+pub mod libs;
 pub mod model;
+pub mod nvrtc;
 pub mod ops;
 pub mod phase1;
 pub mod phase2;

@@ -2,45 +2,88 @@
 //! one device with one created stream, raw-pointer buffers, kernel launches,
 //! GEMM calls and CUDA-graph capture. Everything else in gpu/ builds on it.
 
+use super::blas::{self, Blas};
 use super::gemm;
 use super::kernels;
+use super::libs;
+use super::nvrtc::{self, Target};
 use crate::ops::Trans;
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
-    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
+use cudarc::nvrtc::Ptx;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub const NO_DRIVER: &str =
     "--device cuda: no CUDA driver could be loaded (libcuda.so.1 not found); \
 install the NVIDIA driver or use --set device=cpu";
 
-/// Checks that the three run-time libraries can be loaded, before any
-/// cudarc call that would panic on a missing library.
-pub fn check_libraries() -> Result<()> {
-    // SAFETY: these only try to dlopen the candidate library names.
+/// cuBLAS and NVRTC, loaded once per process.
+pub struct Libraries {
+    pub blas: blas::Api,
+    pub nvrtc: nvrtc::Api,
+    /// The driver's CUDA version, e.g. 13000 (None where no driver loads:
+    /// `newllm cuda-check --no-device`).
+    pub driver: Option<i32>,
+}
+
+impl Libraries {
+    /// cuBLAS and NVRTC of a major the driver runs (all of libs::MAJORS
+    /// when the driver is unknown).
+    pub fn load(driver: Option<i32>) -> Result<Libraries> {
+        let majors = libs::majors_for_driver(driver);
+        if let (Some(d), true) = (driver, majors.is_empty()) {
+            bail!(
+                "--device cuda: the NVIDIA driver supports CUDA {}, older than CUDA 12, the \
+                 oldest this binary runs on; update the driver or use --set device=cpu",
+                cuda_version(d)
+            );
+        }
+        Ok(Libraries {
+            blas: blas::Api::load(&majors)?,
+            nvrtc: nvrtc::Api::load(&majors)?,
+            driver,
+        })
+    }
+}
+
+/// The driver's CUDA version (e.g. 13000), or None where no driver loads.
+pub fn driver_version() -> Result<Option<i32>> {
+    // SAFETY: only tries to dlopen the driver.
     if !unsafe { drv_sys::is_culib_present() } {
+        return Ok(None);
+    }
+    let mut v = 0;
+    // SAFETY: writes one int; needs no cuInit.
+    let got = guarded("reading the driver version", || {
+        Ok(unsafe { drv_sys::cuDriverGetVersion(&mut v) })
+    })?;
+    got.result()
+        .map_err(|e| anyhow!("--device cuda: the driver's version could not be read: {e:?}"))?;
+    Ok(Some(v))
+}
+
+/// The process's libraries, loaded on first use, before any cudarc call
+/// that would panic on a missing library.
+pub fn libraries() -> Result<&'static Libraries> {
+    static LIBS: OnceLock<Libraries> = OnceLock::new();
+    if let Some(l) = LIBS.get() {
+        return Ok(l);
+    }
+    let Some(driver) = driver_version()? else {
         bail!(NO_DRIVER);
-    }
-    if !unsafe { blas_sys::is_culib_present() } {
-        bail!(
-            "--device cuda: the cuBLAS library could not be loaded (libcublas.so.12 not found); \
-             install the CUDA runtime libraries (CUDA toolkit, or pip nvidia-cublas-cu12) and add \
-             their directory to LD_LIBRARY_PATH, or use --set device=cpu"
-        );
-    }
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        bail!(
-            "--device cuda: the NVRTC library could not be loaded (libnvrtc.so.12 not found); \
-             install the CUDA runtime libraries (CUDA toolkit, or pip nvidia-cuda-nvrtc-cu12) and \
-             add their directory to LD_LIBRARY_PATH, or use --set device=cpu"
-        );
-    }
-    Ok(())
+    };
+    let l = Libraries::load(Some(driver))?;
+    Ok(LIBS.get_or_init(|| l))
+}
+
+/// "13.0" from a CUDA version number such as 13000.
+pub fn cuda_version(v: i32) -> String {
+    format!("{}.{}", v / 1000, v % 1000 / 10)
 }
 
 /// Runs `f`, turning a panic inside cudarc (e.g. a missing symbol in an old
@@ -93,20 +136,76 @@ pub fn dims(n: usize) -> u32 {
 pub struct Dev {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    blas: Blas,
     funcs: HashMap<&'static str, CudaFunction>,
     pub name: String,
+    /// What was loaded: driver, cuBLAS and NVRTC (versions, files) and the
+    /// kernels' image kind, printed at open and recorded by the bench.
+    pub loaded: String,
     peak: Cell<u64>,
 }
 
+/// Compiles the kernels for SM `sm` and loads them: a CUBIN where this
+/// NVRTC knows the architecture and the driver loads it, else PTX for the
+/// newest architecture NVRTC knows up to `sm` (see nvrtc.rs). Returns the
+/// module and what was loaded.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    libs: &Libraries,
+    sm: u32,
+) -> Result<(Arc<CudaModule>, String)> {
+    let nv = &libs.nvrtc;
+    let (maj, min) = nv.version()?;
+    let archs = nv.supported_archs()?;
+    let cubin = if archs.contains(&sm) {
+        nv.compile(kernels::SOURCE, Target::Cubin(sm))
+            .and_then(|c| {
+                let m = ctx
+                    .load_module(Ptx::from_binary(c.image.clone()))
+                    .map_err(|e| anyhow!("the driver refused the CUBIN: {e:?}"))?;
+                Ok((m, c))
+            })
+            .map_err(|e| e.to_string())
+    } else {
+        Err(format!("NVRTC {maj}.{min} cannot compile for sm_{sm}"))
+    };
+    let why = match cubin {
+        Ok((m, c)) => {
+            let usage = nvrtc::usage_summary(&nvrtc::parse_usage(&c.log));
+            return Ok((m, format!("{} ({usage})", c.target)));
+        }
+        Err(why) => why,
+    };
+    let Some(&ptx_sm) = archs.iter().rfind(|&&a| a <= sm) else {
+        bail!(
+            "--device cuda: NVRTC {maj}.{min} ({}) supports no architecture up to this GPU's \
+             sm_{sm}; use an older NVRTC or --set device=cpu",
+            nv.lib.path
+        );
+    };
+    eprintln!("note: no CUBIN ({why}); loading PTX for compute_{ptx_sm} instead");
+    let c = nv.compile(kernels::SOURCE, Target::Ptx(ptx_sm))?;
+    let text = String::from_utf8(c.image).context("NVRTC wrote PTX that is not UTF-8")?;
+    let m = ctx.load_module(Ptx::from_src(text)).map_err(|e| {
+        anyhow!(
+            "--device cuda: the driver (CUDA {}) could not load the PTX of NVRTC {maj}.{min} \
+             ({e:?}); a driver refuses PTX newer than itself, so use an NVRTC no newer than the \
+             driver (set {} to its folder) or update the driver. The CUBIN had failed first: {why}",
+            libs.driver.map_or("unknown".into(), cuda_version),
+            libs::PATH_VAR
+        )
+    })?;
+    Ok((m, Target::Ptx(ptx_sm).to_string()))
+}
+
 impl Dev {
-    /// Opens GPU 0: checks the libraries, creates the context, compiles the kernels.
+    /// Opens GPU 0: loads the libraries, creates the context, compiles the kernels.
     pub fn open(allow_tf32: bool) -> Result<Dev> {
-        check_libraries()?;
-        guarded("opening the GPU", || Self::open_inner(allow_tf32))
+        let libs = libraries()?;
+        guarded("opening the GPU", || Self::open_inner(libs, allow_tf32))
     }
 
-    pub(crate) fn open_inner(allow_tf32: bool) -> Result<Dev> {
+    pub(crate) fn open_inner(libs: &'static Libraries, allow_tf32: bool) -> Result<Dev> {
         let count = CudaContext::device_count().map_err(|e| {
             anyhow!(
                 "--device cuda: the CUDA driver could not be initialised ({e:?}); is a GPU \
@@ -125,31 +224,14 @@ impl Dev {
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("--device cuda: cannot create a stream: {e:?}"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
-        let mode = if allow_tf32 {
-            blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
-        };
-        // SAFETY: the handle is live for `blas`'s lifetime.
-        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
-            .result()
-            .map_err(|e| anyhow!("cuBLAS math mode: {e:?}"))?;
+        ctx.bind_to_thread()
+            .map_err(|e| anyhow!("--device cuda: cannot make the context current: {e:?}"))?;
+        let blas = Blas::new(&libs.blas, stream.clone(), allow_tf32)?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| anyhow!("compute capability: {e:?}"))?;
-        // PTX for the device's virtual architecture; the driver JITs it once.
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let opts = cudarc::nvrtc::CompileOptions {
-            fmad: Some(false),
-            arch: Some(arch),
-            ..Default::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernels::SOURCE, opts)
-            .map_err(|e| anyhow!("NVRTC could not compile the kernels: {e:?}"))?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(|e| anyhow!("loading the kernel module: {e:?}"))?;
+        let sm = (major * 10 + minor) as u32;
+        let (module, kernels_loaded) = load_kernels(&ctx, libs, sm)?;
         let mut funcs = HashMap::new();
         for name in kernels::ENTRY_POINTS {
             let f = module
@@ -158,12 +240,24 @@ impl Dev {
             funcs.insert(name, f);
         }
         let name = ctx.name().unwrap_or_else(|_| "GPU 0".into());
+        let (nv_major, nv_minor) = libs.nvrtc.version()?;
+        let loaded = format!(
+            "driver CUDA {}; cuBLAS {}.{}.{} ({}); NVRTC {nv_major}.{nv_minor} ({}); kernels {kernels_loaded}",
+            libs.driver.map_or("unknown".into(), cuda_version),
+            blas.version / 10000,
+            blas.version / 100 % 100,
+            blas.version % 100,
+            libs.blas.lib.path,
+            libs.nvrtc.lib.path,
+        );
+        eprintln!("gpu: {name} (sm_{sm}): {loaded}");
         let dev = Dev {
             ctx,
             stream,
             blas,
             funcs,
             name,
+            loaded,
             peak: Cell::new(0),
         };
         dev.sample_memory();
@@ -273,6 +367,13 @@ impl Dev {
             .funcs
             .get(name)
             .with_context(|| format!("kernel {name} was not loaded"))?;
+        if block.0 * block.1 > kernels::launch_bound(name) {
+            bail!(
+                "kernel {name}: a block of {} threads is over its __launch_bounds__ of {}",
+                block.0 * block.1,
+                kernels::launch_bound(name)
+            );
+        }
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -323,31 +424,24 @@ impl Dev {
         }
         let g = gemm::colmajor(t, m, n, k, lda, ldb, ldc);
         let op = |o: gemm::Op| match o {
-            gemm::Op::N => blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            gemm::Op::T => blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            gemm::Op::N => blas::OP_N,
+            gemm::Op::T => blas::OP_T,
         };
-        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let i = |v: usize| v as i32;
         // SAFETY: the operands are live device buffers sized by the callers,
         // which mirror ops::matmul's bounds-checked calls.
         unsafe {
-            blas::sgemm(
-                *self.blas.handle(),
-                op(g.op_first),
-                op(g.op_second),
-                g.m as i32,
-                g.n as i32,
-                g.k as i32,
-                &alpha,
-                b as *const f32,
-                g.ld_first as i32,
-                a as *const f32,
-                g.ld_second as i32,
-                &beta,
-                c as *mut f32,
-                g.ldc as i32,
+            self.blas.sgemm(
+                (op(g.op_first), op(g.op_second)),
+                (i(g.m), i(g.n), i(g.k)),
+                1.0,
+                (b, i(g.ld_first)),
+                (a, i(g.ld_second)),
+                if accumulate { 1.0 } else { 0.0 },
+                (c, i(g.ldc)),
             )
         }
-        .map_err(|e| anyhow!("cuBLAS sgemm {t:?} {m}x{n}x{k}: {e:?}"))
+        .map_err(|e| anyhow!("{e} ({t:?} {m}x{n}x{k})"))
     }
 
     /// `sum[i] (+)= ...` column reductions (see the kernel).
